@@ -1,0 +1,249 @@
+"""Building blocks: norms, attention (with a KV cache), MLP, relative-position bias, embeddings.
+
+Every parameter is declared with logical axis names (see partitioning.py for the rules table);
+activations are constrained with logical names too. Shapes: B batch, L length (Q query, K key),
+D embed, H heads, K kv (head_dim), F mlp, V vocab.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t5lite.config import Config
+
+Array = jax.Array
+Initializer = Callable
+
+# The logical names used by the model; partitioning.RULES maps each to a mesh axis or None.
+BATCH, LENGTH, EMBED, MLP, HEADS, KV, VOCAB, RELPOS = (
+    "batch", "length", "embed", "mlp", "heads", "kv", "vocab", "relpos_buckets")
+
+ACTIVATIONS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=True),  # t5x nn.gelu / HF "gelu_new"
+    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),  # HF "gelu" (BART)
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "linear": lambda x: x,
+}
+
+
+def constrain(x: Array, names: tuple) -> Array:
+  """Constrain an activation's sharding by logical names (a no-op outside a mesh)."""
+  return nn.with_logical_constraint(x, names)
+
+
+def declare(module: nn.Module, name: str, init: Initializer, names: tuple, shape: tuple,
+            config: Config) -> Array:
+  """A parameter with logical axis names (nn.with_logical_partitioning + self.param)."""
+  return module.param(name, nn.with_logical_partitioning(init, names), shape, config.weight_dtype)
+
+
+def kernel_init(config: Config, scale: float = 1.0, fan_in_axes: tuple = (0,),
+                distribution: str = "normal") -> Initializer:
+  """T5: variance scaling on fan-in; BART: normal(0.02)."""
+  if config.family == "bart":
+    return nn.initializers.normal(0.02)
+  def init(key, shape, dtype=jnp.float32):
+    fan_in = int(np.prod([shape[a] for a in fan_in_axes]))
+    std = math.sqrt(scale / fan_in)
+    if distribution == "truncated_normal":  # variance-preserving truncated normal, as in jax
+      return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * (std / 0.87962566103423978)
+    return jax.random.normal(key, shape, dtype) * std
+  return init
+
+
+class Norm(nn.Module):
+  """T5: RMS norm (no mean, no bias). BART: LayerNorm with bias. Computed in float32."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, x_BLD: Array) -> Array:
+    cfg = self.config
+    d = x_BLD.shape[-1]
+    x = x_BLD.astype(jnp.float32)
+    scale = declare(self, "scale", nn.initializers.ones, (EMBED,), (d,), cfg)
+    if cfg.family == "bart":
+      bias = declare(self, "bias", nn.initializers.zeros, (EMBED,), (d,), cfg)
+      mean = jnp.mean(x, axis=-1, keepdims=True)
+      var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+      y = (x - mean) * jax.lax.rsqrt(var + cfg.layer_norm_epsilon) * scale + bias
+    else:
+      var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+      y = x * jax.lax.rsqrt(var + cfg.layer_norm_epsilon) * scale
+    return y.astype(cfg.activation_dtype)
+
+
+def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> Array:
+  """T5's bucketing of (key - query) offsets: exact for small offsets, log-spaced up to max_distance."""
+  ret = jnp.zeros_like(relative_position)
+  n = -relative_position
+  if bidirectional:
+    num_buckets //= 2
+    ret = ret + (n < 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  val_if_large = max_exact + (
+      jnp.log(n.astype(jnp.float32) / max_exact + np.finfo(np.float32).eps)
+      / math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(jnp.int32)
+  val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
+  return ret + jnp.where(is_small, n, val_if_large)
+
+
+class RelativePositionBias(nn.Module):
+  """One table per stack, shared by its layers: [relpos_buckets, heads]."""
+  config: Config
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, q_pos_Q: Array, k_pos_K: Array) -> Array:
+    """Returns the bias [1, H, Q, K] for query positions q_pos and key positions k_pos."""
+    cfg = self.config
+    table = declare(self, "rel_embedding",
+                    nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                    (RELPOS, HEADS), (cfg.relative_attention_num_buckets, cfg.num_heads), cfg)
+    rel_QK = k_pos_K[None, :] - q_pos_Q[:, None]
+    buckets_QK = relative_position_bucket(rel_QK, self.bidirectional,
+                                          cfg.relative_attention_num_buckets,
+                                          cfg.relative_attention_max_distance)
+    bias_QKH = jnp.take(table, buckets_QK, axis=0)
+    return jnp.transpose(bias_QKH, (2, 0, 1))[None].astype(cfg.activation_dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head attention; `decode=True` uses and updates a KV cache (self-attention only)."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, x_BQD: Array, kv_BKD: Array, mask_B1QK: Optional[Array],
+               bias_1HQK: Optional[Array] = None, deterministic: bool = True,
+               decode: bool = False) -> Array:
+    cfg = self.config
+    D, H, K = cfg.emb_dim, cfg.num_heads, cfg.head_dim
+    dt = cfg.activation_dtype
+    bart = cfg.family == "bart"
+    q_init = kernel_init(cfg, scale=1.0 / K)  # T5 folds 1/sqrt(d_kv) into the query init
+    w_q = declare(self, "query", q_init, (EMBED, HEADS, KV), (D, H, K), cfg)
+    w_k = declare(self, "key", kernel_init(cfg), (EMBED, HEADS, KV), (D, H, K), cfg)
+    w_v = declare(self, "value", kernel_init(cfg), (EMBED, HEADS, KV), (D, H, K), cfg)
+    w_o = declare(self, "out", kernel_init(cfg, fan_in_axes=(0, 1)), (HEADS, KV, EMBED), (H, K, D), cfg)
+    q_BQHK = jnp.einsum("bqd,dhk->bqhk", x_BQD, w_q.astype(dt))
+    k_BKHK = jnp.einsum("btd,dhk->bthk", kv_BKD, w_k.astype(dt))
+    v_BKHK = jnp.einsum("btd,dhk->bthk", kv_BKD, w_v.astype(dt))
+    if bart:
+      zeros = nn.initializers.zeros
+      q_BQHK = q_BQHK + declare(self, "query_bias", zeros, (HEADS, KV), (H, K), cfg).astype(dt)[None, None]
+      k_BKHK = k_BKHK + declare(self, "key_bias", zeros, (HEADS, KV), (H, K), cfg).astype(dt)[None, None]
+      v_BKHK = v_BKHK + declare(self, "value_bias", zeros, (HEADS, KV), (H, K), cfg).astype(dt)[None, None]
+      q_BQHK = q_BQHK * jnp.asarray(K ** -0.5, dt)
+    q_BQHK = constrain(q_BQHK, (BATCH, LENGTH, HEADS, KV))
+    k_BKHK = constrain(k_BKHK, (BATCH, LENGTH, HEADS, KV))
+    v_BKHK = constrain(v_BKHK, (BATCH, LENGTH, HEADS, KV))
+
+    if decode:
+      k_BKHK, v_BKHK = self._update_cache(k_BKHK, v_BKHK)
+
+    logits_BHQK = jnp.einsum("bqhk,bthk->bhqt", q_BQHK, k_BKHK).astype(jnp.float32)
+    if bias_1HQK is not None:
+      logits_BHQK = logits_BHQK + bias_1HQK.astype(jnp.float32)
+    if mask_B1QK is not None:
+      logits_BHQK = jnp.where(mask_B1QK, logits_BHQK, jnp.finfo(jnp.float32).min)
+    weights_BHQK = jax.nn.softmax(logits_BHQK, axis=-1).astype(dt)
+    if cfg.dropout_rate > 0 and not deterministic:
+      weights_BHQK = nn.Dropout(cfg.dropout_rate)(weights_BHQK, deterministic=False)
+    out_BQHK = jnp.einsum("bhqt,bthk->bqhk", weights_BHQK, v_BKHK)
+    y_BQD = jnp.einsum("bqhk,hkd->bqd", out_BQHK, w_o.astype(dt))
+    if bart:
+      y_BQD = y_BQD + declare(self, "out_bias", nn.initializers.zeros, (EMBED,), (D,), cfg).astype(dt)[None, None]
+    return constrain(y_BQD, (BATCH, LENGTH, EMBED))
+
+  def _update_cache(self, k_B1HK: Array, v_B1HK: Array) -> tuple[Array, Array]:
+    """Writes one step's key/value at cache_index; returns the whole cache [B, maxlen, H, K].
+
+    The first call (model.init with the full-length decoder input) only creates the cache.
+    """
+    initialized = self.has_variable("cache", "cached_key")
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, k_B1HK.shape, k_B1HK.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, v_B1HK.shape, v_B1HK.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
+    if not initialized:
+      return k_B1HK, v_B1HK
+    if k_B1HK.shape[1] != 1:
+      raise ValueError(f"decode=True takes one token per step; got length {k_B1HK.shape[1]}")
+    i = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_B1HK.astype(cached_k.value.dtype), (0, i, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_B1HK.astype(cached_v.value.dtype), (0, i, 0, 0))
+    index.value = i + 1
+    return cached_k.value, cached_v.value
+
+
+class Mlp(nn.Module):
+  """T5 1.1: gelu(x W0) * (x W1) -> Wo. T5 1.0: relu(x Wi) -> Wo. BART: gelu(x Wi + b) -> Wo + b."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, x_BLD: Array, deterministic: bool = True) -> Array:
+    cfg = self.config
+    D, F, dt = cfg.emb_dim, cfg.mlp_dim, cfg.activation_dtype
+    bart = cfg.family == "bart"
+    hidden_BLF = None
+    for i, act in enumerate(cfg.mlp_activations):
+      name = f"wi_{i}" if cfg.gated else "wi"
+      w = declare(self, name, kernel_init(cfg, distribution="truncated_normal"), (EMBED, MLP), (D, F), cfg)
+      h_BLF = jnp.einsum("bld,df->blf", x_BLD, w.astype(dt))
+      if bart:
+        h_BLF = h_BLF + declare(self, name + "_bias", nn.initializers.zeros, (MLP,), (F,), cfg).astype(dt)[None, None]
+      h_BLF = ACTIVATIONS[act](h_BLF)
+      hidden_BLF = h_BLF if hidden_BLF is None else hidden_BLF * h_BLF
+    hidden_BLF = constrain(hidden_BLF, (BATCH, LENGTH, MLP))
+    if cfg.dropout_rate > 0 and not deterministic:
+      hidden_BLF = nn.Dropout(cfg.dropout_rate)(hidden_BLF, deterministic=False)
+    w_o = declare(self, "wo", kernel_init(cfg, distribution="truncated_normal"), (MLP, EMBED), (F, D), cfg)
+    y_BLD = jnp.einsum("blf,fd->bld", hidden_BLF, w_o.astype(dt))
+    if bart:
+      y_BLD = y_BLD + declare(self, "wo_bias", nn.initializers.zeros, (EMBED,), (D,), cfg).astype(dt)[None, None]
+    return constrain(y_BLD, (BATCH, LENGTH, EMBED))
+
+
+class Embed(nn.Module):
+  """Token (or position) embedding table [num, embed]; `attend` gives tied logits."""
+  config: Config
+  num_embeddings: int
+  vocab_axis: Optional[str] = VOCAB
+
+  def setup(self):
+    cfg = self.config
+    init = nn.initializers.normal(0.02 if cfg.family == "bart" else 1.0)
+    self.embedding = declare(self, "embedding", init, (self.vocab_axis, EMBED),
+                             (self.num_embeddings, cfg.emb_dim), cfg)
+
+  def __call__(self, ids: Array) -> Array:
+    return jnp.take(self.embedding, ids, axis=0).astype(self.config.activation_dtype)
+
+  def attend(self, x_BLD: Array) -> Array:
+    return jnp.einsum("bld,vd->blv", x_BLD, self.embedding.astype(x_BLD.dtype))
+
+
+def attention_mask(q_valid_BQ: Array, k_valid_BK: Array, q_seg_BQ: Optional[Array] = None,
+                   k_seg_BK: Optional[Array] = None, causal: bool = False,
+                   q_pos_BQ: Optional[Array] = None, k_pos_BK: Optional[Array] = None) -> Array:
+  """Boolean [B, 1, Q, K]: both positions valid, same packed segment, and (causal) key <= query."""
+  mask = q_valid_BQ[:, :, None] & k_valid_BK[:, None, :]
+  if q_seg_BQ is not None and k_seg_BK is not None:
+    mask = mask & (q_seg_BQ[:, :, None] == k_seg_BK[:, None, :])
+  if causal:
+    if q_pos_BQ is None:
+      q_pos_BQ = jnp.broadcast_to(jnp.arange(q_valid_BQ.shape[1]), q_valid_BQ.shape)
+    if k_pos_BK is None:
+      k_pos_BK = jnp.broadcast_to(jnp.arange(k_valid_BK.shape[1]), k_valid_BK.shape)
+    mask = mask & (k_pos_BK[:, None, :] <= q_pos_BQ[:, :, None])
+  return mask[:, None]

@@ -1,0 +1,53 @@
+"""Test set-up: 8 fake CPU devices, set before jax is imported anywhere."""
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _shared(relpath: str) -> pathlib.Path:
+    path = SHARED_DATA / relpath
+    if not path.exists():
+        msg = f"real test data missing: {path} (expected ../shared/data beside the checkout)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def c4_sample() -> pathlib.Path:
+    """The real C4 sample (1000 documents, JSON lines, gzip)."""
+    return _shared("c4/olmo_c4-sample.00000-of-00001.json.gz")
+
+
+@pytest.fixture(scope="session")
+def c4_allenai_shard() -> pathlib.Path:
+    """The first 3 documents of allenai/c4 en/c4-train.00000-of-01024.json.gz."""
+    return _shared("c4/hfdatasets_dummy_c4-train.00000-of-01024.json.gz")
+
+
+@pytest.fixture(scope="session")
+def t5_vocab_path() -> pathlib.Path:
+    """The real T5 SentencePiece model (cc_all.32000)."""
+    return _shared("t5_vocab/spiece.model")
+
+
+@pytest.fixture(scope="session")
+def gpt2_bpe_dir() -> pathlib.Path:
+    """GPT-2 byte-level BPE: encoder.json + vocab.bpe."""
+    _shared("gpt2_bpe/vocab.bpe")
+    return _shared("gpt2_bpe/encoder.json").parent
