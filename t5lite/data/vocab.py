@@ -1,0 +1,120 @@
+"""SentencePiece vocabularies: load one (local or gs://), or train one with T5's conventions."""
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import sys
+from typing import Iterable, Iterator, Sequence
+
+import seqio
+import tensorflow as tf
+
+T5_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
+
+
+class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
+  """seqio's vocabulary, loaded lazily, with a clear FileNotFoundError naming a missing model."""
+
+  def _model_context(self):
+    if not self._model and not tf.io.gfile.exists(self.sentencepiece_model_file):
+      raise FileNotFoundError(f"SentencePiece model not found: {self.sentencepiece_model_file}")
+    return super()._model_context()
+
+
+def get_vocabulary(path: str = T5_VOCAB_PATH, extra_ids: int = 100) -> SentencePieceVocabulary:
+  """The SentencePiece model at `path` with `extra_ids` sentinels appended (T5: 32000 + 100)."""
+  path = os.fspath(path)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"SentencePiece model not found: {path}")
+  return SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+def iter_text_lines(input_patterns: Iterable[str], max_chars_per_line: int = 8192) -> Iterator[str]:
+  """Non-empty text lines from JSON-lines shards (`*.json[.gz]`, key `text`) or plain text files.
+
+  Files are globbed (tf.io.gfile, so gs:// works) and read in sorted order. Documents are split
+  at newlines and long lines cut at max_chars_per_line, as SentencePiece trains on sentences.
+  """
+  for pattern in input_patterns:
+    files = sorted(tf.io.gfile.glob(os.fspath(pattern)))
+    if not files:
+      raise FileNotFoundError(f"no file matches {pattern}")
+    for path in files:
+      is_json = ".json" in os.path.basename(path)
+      with tf.io.gfile.GFile(path, "rb") as f:
+        stream = gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f
+        for line in io.TextIOWrapper(stream, encoding="utf-8"):
+          if not line.strip():
+            continue
+          text = json.loads(line)["text"] if is_json else line
+          for piece in text.split("\n"):
+            piece = piece.strip()
+            for start in range(0, len(piece), max_chars_per_line):
+              yield piece[start:start + max_chars_per_line]
+
+
+def train_vocabulary(input_patterns: Sequence[str] | str, output_path: str, vocab_size: int = 32000,
+                     model_type: str = "unigram", character_coverage: float = 0.9995,
+                     input_sentence_size: int = 0, num_threads: int = 1, seed: int = 0) -> str:
+  """Trains a SentencePiece model with T5's conventions and writes it to `output_path`.
+
+  pad 0, eos 1, unk 2, no BOS, nmt_nfkc normalisation, unigram. input_sentence_size=0 uses all
+  lines (else a seeded random sample); with num_threads=1 and a fixed seed the model is deterministic. Returns output_path.
+  """
+  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+
+  if isinstance(input_patterns, (str, os.PathLike)):
+    input_patterns = [input_patterns]
+  output_path = os.fspath(output_path)
+  spm.set_random_generator_seed(seed)
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter_text_lines(input_patterns), model_writer=model,
+      vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
+      normalization_rule_name="nmt_nfkc", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+      input_sentence_size=input_sentence_size,
+      shuffle_input_sentence=input_sentence_size > 0,
+      max_sentence_length=8192 * 4, num_threads=num_threads, minloglevel=2)
+  parent = os.path.dirname(output_path)
+  if parent:
+    tf.io.gfile.makedirs(parent)
+  tmp = f"{output_path}.tmp-{os.getpid()}"
+  with tf.io.gfile.GFile(tmp, "wb") as f:
+    f.write(model.getvalue())
+  tf.io.gfile.rename(tmp, output_path, overwrite=True)
+  return output_path
+
+
+def cli(argv: list[str]) -> int:
+  """`t5lite vocab --input PATTERN [--input ...] --output PATH --vocab_size N` (argv after `vocab`)."""
+  if argv and argv[0] == "vocab":
+    argv = argv[1:]
+  parser = argparse.ArgumentParser(
+      prog="t5lite vocab",
+      description="Train a T5-style SentencePiece vocabulary (pad 0, eos 1, unk 2, no BOS) from "
+                  "JSON-lines shards (key `text`, .gz allowed) or plain text files.")
+  parser.add_argument("--input", action="append", required=True,
+                      help="file pattern (local or gs://); repeat for several")
+  parser.add_argument("--output", required=True, help="where to write the .model file")
+  parser.add_argument("--vocab_size", type=int, default=32000)
+  parser.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
+  parser.add_argument("--character_coverage", type=float, default=0.9995)
+  parser.add_argument("--input_sentence_size", type=int, default=10_000_000,
+                      help="train on a random sample of this many lines (0: all)")
+  parser.add_argument("--num_threads", type=int, default=1)
+  args = parser.parse_args(argv)
+  try:
+    path = train_vocabulary(args.input, args.output, vocab_size=args.vocab_size,
+                            model_type=args.model_type,
+                            character_coverage=args.character_coverage,
+                            input_sentence_size=args.input_sentence_size,
+                            num_threads=args.num_threads)
+  except FileNotFoundError as e:
+    print(f"t5lite vocab: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {path} ({args.vocab_size} pieces)")
+  return 0
