@@ -67,9 +67,10 @@ class Norm(nn.Module):
     cfg = self.config
     d = x_BLD.shape[-1]
     x = x_BLD.astype(jnp.float32)
-    scale = declare(self, "scale", nn.initializers.ones, (EMBED,), (d,), cfg)
+    bcast = (1,) * (x.ndim - 1) + (d,)  # explicit rank (tests run with rank promotion "raise")
+    scale = declare(self, "scale", nn.initializers.ones, (EMBED,), (d,), cfg).reshape(bcast)
     if cfg.family == "bart":
-      bias = declare(self, "bias", nn.initializers.zeros, (EMBED,), (d,), cfg)
+      bias = declare(self, "bias", nn.initializers.zeros, (EMBED,), (d,), cfg).reshape(bcast)
       mean = jnp.mean(x, axis=-1, keepdims=True)
       var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
       y = (x - mean) * jax.lax.rsqrt(var + cfg.layer_norm_epsilon) * scale + bias
