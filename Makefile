@@ -1,0 +1,38 @@
+# t5lite: `make demo` (a short real pretraining run, offline) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PIP = $(VENV)/bin/pip
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+
+.PHONY: setup setup-test demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[cpu]'
+	touch $@
+
+# Test-only peers: HF transformers on the local CPU build of torch (pinned: a range would pull a
+# multi-GB CUDA build), and the original `t5` package (no deps) for span-corruption comparisons.
+setup-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[cpu,hf,dev]'
+	$(PIP) install -q --no-deps t5==0.9.4
+	touch $@
+
+demo: setup
+	$(VENV)/bin/t5lite train --gin_file=runs/demo.gin
+
+test: setup-test
+	$(VENV)/bin/python -m pytest -q
+
+bench: setup-test
+	$(VENV)/bin/python benchmarks/bench_train.py
+	$(VENV)/bin/python benchmarks/bench_pipeline.py
+
+clean:
+	rm -rf runs/demo

@@ -1,0 +1,95 @@
+"""Orbax checkpoints: periodic async saves of the train state + data position, restore onto any mesh.
+
+Orbax writes each step into a temporary folder and renames it when complete, so a crash never
+leaves a half-written checkpoint behind; `latest_step()` only sees finished ones.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import gin
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+@gin.configurable
+class Checkpointer:
+  """Saves every `save_period` steps, keeps the newest `keep`, writes asynchronously."""
+
+  def __init__(self, directory: str, save_period: int = 1000, keep: Optional[int] = 3,
+               async_save: bool = True):
+    self.directory = os.fspath(directory)
+    if not self.directory.startswith("gs://"):
+      self.directory = os.path.abspath(self.directory)
+    self.save_period = save_period
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "data"))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    return self.save_period > 0 and step % self.save_period == 0
+
+  def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> bool:
+    """Starts an (async) save of `state` and the JSON `data_state` at `step`."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data=ocp.args.JsonSave(data_state))
+    return self._manager.save(step, args=args, force=force)
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """Restores onto the shardings in `abstract_state` (ShapeDtypeStructs), any mesh shape."""
+    check_compatible(self.saved_shapes(step), abstract_state, f"{self.directory}/{step}")
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored["data"] or {})
+
+  def saved_shapes(self, step: int) -> dict[str, tuple]:
+    """{path: shape} of the arrays stored at `step`."""
+    meta = self._manager.item_metadata(step)["state"]
+    tree = getattr(meta, "tree", meta)
+    flat = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict))[0]
+    return {_path_str(p): tuple(leaf.shape) for p, leaf in flat if hasattr(leaf, "shape")}
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _path_str(path) -> str:
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return "/".join(parts)
+
+
+def check_compatible(saved: dict[str, tuple], abstract_state: Any, where: str) -> None:
+  """Raises ValueError naming every parameter whose presence or shape differs."""
+  flat = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+  wanted = {_path_str(p): tuple(np.shape(leaf)) for p, leaf in flat}
+  problems = []
+  for name in sorted(set(wanted) | set(saved)):
+    if name not in saved:
+      problems.append(f"  {name}: missing from the checkpoint (model expects {wanted[name]})")
+    elif name not in wanted:
+      problems.append(f"  {name}: in the checkpoint {saved[name]} but not in the model")
+    elif wanted[name] != saved[name]:
+      problems.append(f"  {name}: checkpoint has shape {saved[name]}, model expects {wanted[name]}")
+  if problems:
+    shown = problems[:20] + ([f"  ... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+    raise ValueError(f"checkpoint {where} does not fit the model ({len(problems)} mismatched "
+                     "parameters):\n" + "\n".join(shown))

@@ -1,0 +1,37 @@
+"""Cross-entropy with z-loss over integer labels, weighted; accuracy."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def cross_entropy_with_z_loss(logits_BTV: Array, targets_BT: Array, weights_BT: Array,
+                              z_loss: float = 1e-4, label_smoothing: float = 0.0
+                              ) -> tuple[Array, Array, Array]:
+  """Summed (weighted) cross-entropy + z_loss * log(Z)^2, as in t5x; all in float32.
+
+  Returns (total_loss_sum, z_loss_sum, weight_sum); divide by weight_sum for per-token means.
+  """
+  logits = logits_BTV.astype(jnp.float32)
+  weights = weights_BT.astype(jnp.float32)
+  log_z_BT = jax.nn.logsumexp(logits, axis=-1)
+  label_logit_BT = jnp.take_along_axis(logits, targets_BT[..., None], axis=-1)[..., 0]
+  nll_BT = log_z_BT - label_logit_BT
+  if label_smoothing:
+    mean_logit_BT = jnp.mean(logits, axis=-1)
+    nll_BT = (1.0 - label_smoothing) * nll_BT + label_smoothing * (log_z_BT - mean_logit_BT)
+  z_BT = z_loss * jnp.square(log_z_BT)
+  return jnp.sum((nll_BT + z_BT) * weights), jnp.sum(z_BT * weights), jnp.sum(weights)
+
+
+def token_log_likelihoods(logits_BTV: Array, targets_BT: Array) -> Array:
+  """log p(target token) at each position [B, T] (float32)."""
+  logp = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(logp, targets_BT[..., None], axis=-1)[..., 0]
+
+
+def accuracy_sum(logits_BTV: Array, targets_BT: Array, weights_BT: Array) -> Array:
+  correct = (jnp.argmax(logits_BTV, axis=-1) == targets_BT).astype(jnp.float32)
+  return jnp.sum(correct * weights_BT.astype(jnp.float32))

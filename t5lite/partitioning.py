@@ -1,0 +1,156 @@
+"""Device meshes, THE logical-axis rules table, and host-to-global arrays.
+
+One rules table maps the model's logical axis names to the ('data', 'model') mesh. FSDP maps
+`embed` to 'data' as well, so parameters and optimizer state are split over data-parallel devices.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "model")
+
+# Logical name -> mesh axis (None = replicated). Starts from t5x's standard rules.
+RULES: tuple[tuple[str, Optional[str]], ...] = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("joined_kv", "model"),
+    ("embed", None),
+    ("kv", None),
+    ("length", None),
+    ("relpos_buckets", None),
+)
+
+
+def rules(fsdp: bool = False) -> tuple[tuple[str, Optional[str]], ...]:
+  """The rules table; with fsdp, parameters' `embed` axis is split over 'data' too."""
+  if not fsdp:
+    return RULES
+  return tuple((name, "data") if name == "embed" else (name, axis) for name, axis in RULES)
+
+
+@gin.configurable
+def emulate_cpu_devices(num_devices: int = 0) -> None:
+  """Emulate `num_devices` CPU devices (0 = leave as is). Must run before jax touches a device."""
+  if num_devices <= 0:
+    return
+  if jax._src.xla_bridge.backends_are_initialized():  # pylint: disable=protected-access
+    have = jax.device_count()
+    if have != num_devices and jax.default_backend() == "cpu":
+      raise RuntimeError(f"emulate_cpu_devices({num_devices}): jax is already initialised with "
+                         f"{have} devices; set it before the first jax call")
+    return
+  jax.config.update("jax_num_cpu_devices", num_devices)
+
+
+@gin.configurable
+def make_mesh(mesh_shape: Sequence[int] = (-1, 1), devices: Optional[Sequence[Any]] = None
+              ) -> jax.sharding.Mesh:
+  """A ('data', 'model') mesh of the requested shape; one -1 entry takes the remaining devices."""
+  devices = list(devices if devices is not None else jax.devices())
+  shape = list(mesh_shape)
+  if len(shape) != 2:
+    raise ValueError(f"mesh_shape={tuple(mesh_shape)}; expected 2 entries (data, model)")
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh_shape={tuple(mesh_shape)}; at most one entry may be -1")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if len(devices) % known:
+      raise ValueError(f"mesh_shape={tuple(mesh_shape)} does not divide {len(devices)} devices")
+    shape[shape.index(-1)] = len(devices) // known
+  if int(np.prod(shape)) != len(devices):
+    raise ValueError(f"mesh_shape={tuple(shape)} needs {int(np.prod(shape))} devices; "
+                     f"{len(devices)} are available ({devices[0].platform})")
+  # Auto axes: shardings are pjit-style hints that XLA propagates (as in t5x), not types.
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  if devices == list(jax.devices()):
+    return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices, axis_types=auto)
+  return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def logical_shardings(boxed_tree: Any, mesh: jax.sharding.Mesh, fsdp: bool = False) -> Any:
+  """NamedShardings for a tree of nn.Partitioned (boxed) leaves; unboxed leaves are replicated."""
+  specs = nn.get_partition_spec(boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules(fsdp))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Batches: leading (example) axis over 'data', everything else replicated."""
+  return NamedSharding(mesh, P("data"))
+
+
+def match_shardings(tree: Any, params: Any, param_shardings: Any, mesh) -> Any:
+  """Shardings for a tree (e.g. optimizer state) whose leaves mirror parameters.
+
+  A leaf takes the sharding of the parameter at the end of its path when their shapes match;
+  otherwise (Adafactor's factored rows/columns, counters) it is replicated.
+  """
+  flat_params = jax.tree_util.tree_flatten_with_path(params)[0]
+  flat_shardings = jax.tree.leaves(param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+  by_path = {_keys(path): (leaf.shape, sharding)
+             for (path, leaf), sharding in zip(flat_params, flat_shardings)}
+
+  def choose(path, leaf):
+    keys = _keys(path)
+    for i in range(len(keys)):
+      hit = by_path.get(keys[i:])
+      if hit is not None and hit[0] == getattr(leaf, "shape", None):
+        return hit[1]
+    return replicated(mesh)
+  return jax.tree_util.tree_map_with_path(choose, tree)
+
+
+def _keys(path) -> tuple:
+  out = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        out.append(getattr(k, attr))
+        break
+  return tuple(out)
+
+
+def host_to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """Each process's slice of the batch (leading axis) becomes part of one global array."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def initialize_distributed() -> bool:
+  """Start JAX's multi-controller runtime when this is one process of several.
+
+  Order: explicit environment (T5LITE_COORDINATOR_ADDRESS, T5LITE_NUM_PROCESSES,
+  T5LITE_PROCESS_ID) -> TPU VM pod slice or SLURM job (jax detects the cluster itself) -> single
+  process. Returns True when jax.distributed was initialised.
+  """
+  env = os.environ
+  if jax._src.distributed.global_state.client is not None:  # pylint: disable=protected-access
+    return True
+  if env.get("T5LITE_COORDINATOR_ADDRESS"):
+    missing = [k for k in ("T5LITE_NUM_PROCESSES", "T5LITE_PROCESS_ID") if k not in env]
+    if missing:
+      raise ValueError(f"T5LITE_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not")
+    jax.distributed.initialize(coordinator_address=env["T5LITE_COORDINATOR_ADDRESS"],
+                               num_processes=int(env["T5LITE_NUM_PROCESSES"]),
+                               process_id=int(env["T5LITE_PROCESS_ID"]))
+    return True
+  if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
+    jax.distributed.initialize()
+    return True
+  if env.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1 or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+    return True
+  return False

@@ -1,0 +1,325 @@
+"""train(): one plain, gin-configurable function; train_step(): pure and module-level."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Mapping, Optional
+
+import flax
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from t5lite import checkpoints, losses, metrics_writer, optim, partitioning
+from t5lite.config import Config, flops_per_example
+from t5lite.network import EncoderDecoder
+
+MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+                "encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
+                "decoder_positions")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def model_inputs(batch: Mapping[str, jax.Array]) -> dict:
+  return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def loss_fn(params, batch, *, model: EncoderDecoder, z_loss: float, dropout_rng=None):
+  """Summed loss over a (micro)batch and the sums the metrics need."""
+  deterministic = dropout_rng is None
+  logits = model.apply({"params": params}, **model_inputs(batch), deterministic=deterministic,
+                       rngs=None if deterministic else {"dropout": dropout_rng})
+  weights = batch["decoder_loss_weights"]
+  loss, z, weight_sum = losses.cross_entropy_with_z_loss(
+      logits, batch["decoder_target_tokens"], weights, z_loss)
+  acc = losses.accuracy_sum(logits, batch["decoder_target_tokens"], weights)
+  return loss, {"loss": loss, "z_loss": z, "accuracy": acc, "weight_sum": weight_sum}
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: EncoderDecoder,
+               tx: optax.GradientTransformation, schedule: Callable, z_loss: float,
+               microbatches: int = 1, dropout_seed: Optional[int] = None):
+  """One optimizer step. Gradients of the summed loss are accumulated over `microbatches`,
+  then divided by the number of target tokens (so the step equals one big batch)."""
+  dropout_rng = None
+  if model.config.dropout_rate > 0 and dropout_seed is not None:
+    dropout_rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, z_loss=z_loss),
+                               has_aux=True)
+  if microbatches == 1:
+    (_, sums), grads = grad_fn(state.params, batch, dropout_rng=dropout_rng)
+  else:
+    split = jax.tree.map(
+        lambda x: x.reshape((microbatches, x.shape[0] // microbatches) + x.shape[1:]), batch)
+
+    def body(carry, xs):
+      i, micro = xs
+      rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+      (_, s), g = grad_fn(state.params, micro, dropout_rng=rng)
+      return jax.tree.map(jnp.add, carry, (g, s)), None
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("loss", "z_loss", "accuracy", "weight_sum")}
+    (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), (jnp.arange(microbatches), split))
+  denom = jnp.maximum(sums["weight_sum"], 1.0)
+  grads = jax.tree.map(lambda g: g / denom, grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": sums["loss"] / denom, "z_loss": sums["z_loss"] / denom,
+             "accuracy": sums["accuracy"] / denom, "target_tokens": sums["weight_sum"],
+             "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch, *, model: EncoderDecoder, z_loss: float):
+  _, sums = loss_fn(params, batch, model=model, z_loss=z_loss)
+  return sums
+
+
+def create_train_state(config: Config, tx, mesh, batch_shapes: Mapping[str, tuple], seed: int,
+                       fsdp: bool = False):
+  """Abstract init -> shardings from logical names -> jit(init, out_shardings). Nothing is
+  ever built whole on one device. Returns (state, state_shardings, model)."""
+  model = EncoderDecoder(config)
+  dummy = {k: jnp.ones(shape, jnp.int32) for k, shape in batch_shapes.items()
+           if k in ("encoder_input_tokens", "decoder_input_tokens")}
+
+  def init_boxed(rng):
+    return model.init(rng, **dummy)["params"]
+
+  boxed = jax.eval_shape(init_boxed, jax.random.key(seed))
+  param_shardings = partitioning.logical_shardings(boxed, mesh, fsdp)
+  params_shape = nn.unbox(boxed)
+  opt_shape = jax.eval_shape(tx.init, params_shape)
+  opt_shardings = partitioning.match_shardings(opt_shape, params_shape, param_shardings, mesh)
+  shardings = TrainState(step=partitioning.replicated(mesh), params=param_shardings,
+                         opt_state=opt_shardings)
+
+  def init(rng):
+    params = nn.unbox(init_boxed(rng))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+  return state, shardings, model
+
+
+def abstract_state(state: TrainState, shardings: TrainState):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)
+
+
+class Preemption:
+  """SIGTERM/SIGINT ask the loop to stop after the current step; multi-host runs agree on the
+  step through JAX's preemption sync point."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = True
+    print(f"\nt5lite: received signal {signum}; stopping after this step and saving a checkpoint",
+          flush=True)
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      try:
+        return bool(multihost_utils.reached_preemption_sync_point(step)) or self.requested
+      except (RuntimeError, AttributeError):
+        pass
+    return self.requested
+
+  def restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+@gin.configurable(denylist=["mesh"])
+def train(model_dir: str = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED,
+          mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED,
+          config: Config = Config(),
+          z_loss: float = 1e-4,
+          microbatches: int = 1,
+          seed: int = 0,
+          fsdp: bool = False,
+          eval_period: int = 0,
+          eval_steps: int = 10,
+          log_period: int = 100,
+          predict_examples: int = 0,
+          mesh: Optional[jax.sharding.Mesh] = None) -> TrainState:
+  """Pretrains (or continues) a model in `model_dir`; returns the final state.
+
+  Restore order: (1) the latest checkpoint in model_dir -> (2) scratch.
+  The data stream resumes at the restored step (its order depends only on seed, step and
+  the process index/count).
+  """
+  from t5lite import data as t5data  # pylint: disable=g-import-not-at-top  (registers tasks)
+  from t5lite.data import pipeline  # pylint: disable=g-import-not-at-top
+  t5data.register_tasks()
+  task = t5data.get_task_or_mixture(mixture_or_task_name)
+  vocab = task.output_features["targets"].vocabulary
+  if vocab.vocab_size > config.vocab_size:
+    raise ValueError(f"{mixture_or_task_name!r}'s vocabulary has {vocab.vocab_size} ids but "
+                     f"Config.vocab_size is {config.vocab_size}; bind Config.vocab_size >= "
+                     f"{vocab.vocab_size}")
+  mesh = mesh or partitioning.make_mesh()
+  n_data = mesh.shape["data"]
+  if batch_size % (n_data * microbatches) or batch_size % jax.process_count():
+    raise ValueError(f"batch_size={batch_size} must divide by mesh 'data' size {n_data} x "
+                     f"microbatches {microbatches} and by {jax.process_count()} processes")
+  host_batch = batch_size // jax.process_count()
+  shard_info = None
+  if jax.process_count() > 1:
+    import seqio  # pylint: disable=g-import-not-at-top
+    shard_info = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+  is_chief = jax.process_index() == 0
+
+  with jax.set_mesh(mesh):
+    schedule = optim.learning_rate_schedule()
+    tx = optim.make_optimizer(schedule=schedule)
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=20) if False else tx
+    li, lt = task_feature_lengths["inputs"], task_feature_lengths["targets"]
+    state, shardings, model = create_train_state(
+        config, tx, mesh, {"encoder_input_tokens": (host_batch, li),
+                           "decoder_input_tokens": (host_batch, lt)}, seed, fsdp)
+    ckpt = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"))
+    start = ckpt.latest_step()
+    if start is not None:  # (1) resume
+      state, data_state = ckpt.restore(start, abstract_state(state, shardings))
+      if is_chief:
+        print(f"t5lite: resumed from {ckpt.directory}/{start} (data at batch "
+              f"{data_state.get('batches', start)})", flush=True)
+    start = int(jax.device_get(state.step))
+    if is_chief:
+      os.makedirs(model_dir, exist_ok=True) if not model_dir.startswith("gs://") else None
+      _write_text(os.path.join(model_dir, "config.gin"), gin.operative_config_str())
+
+    dataset = pipeline.get_dataset(mixture_or_task_name, task_feature_lengths, host_batch,
+                                   split="train", shuffle=True, seed=seed, shard_info=shard_info,
+                                   start_batch=start)
+    batches = iter(dataset.as_numpy_iterator())
+    batch_shard = partitioning.batch_sharding(mesh)
+    step_fn = jax.jit(
+        functools.partial(train_step, model=model, tx=tx, schedule=schedule, z_loss=z_loss,
+                          microbatches=microbatches, dropout_seed=seed),
+        in_shardings=(shardings, batch_shard), out_shardings=(shardings, None),
+        donate_argnums=(0,))
+    eval_fn = jax.jit(functools.partial(eval_step, model=model, z_loss=z_loss),
+                      in_shardings=(shardings.params, batch_shard))
+
+    writer = metrics_writer.MetricsWriter(model_dir, enabled=is_chief)
+    flops = flops_per_example(config, li, lt)
+    preempt = Preemption()
+    pending = None  # (step, device metrics, time) of the step before the current one
+    t_last, step_last = time.perf_counter(), start
+    progress = writer.progress(start, train_steps)
+    step = start
+    try:
+      while step < train_steps:
+        batch = partitioning.host_to_global(next(batches), mesh)
+        state, metrics = step_fn(state, batch)
+        step += 1
+        if pending is not None:  # fetch step n-1's metrics now that step n is dispatched
+          prev_step, prev_metrics = pending
+          if prev_step % log_period == 0 or prev_step == 1:
+            now = time.perf_counter()
+            values = {k: float(v) for k, v in jax.device_get(prev_metrics).items()}
+            rate = (prev_step - step_last) / max(now - t_last, 1e-9)
+            values.update(_throughput(rate, batch_size, values["target_tokens"], flops))
+            writer.write(prev_step, values)
+            t_last, step_last = now, prev_step
+        pending = (step, metrics)
+        progress.update(1)
+        if eval_period and step % eval_period == 0:
+          writer.write(step, evaluate(eval_fn, state.params, mixture_or_task_name,
+                                      task_feature_lengths, host_batch, eval_steps, mesh,
+                                      shard_info), prefix="eval")
+        stop = preempt.reached(step)
+        if ckpt.should_save(step) or stop or step == train_steps:
+          ckpt.save(step, state, {"batches": step, "seed": seed,
+                                  "process_count": jax.process_count()}, force=True)
+        if stop:
+          break
+      if pending is not None:
+        values = {k: float(v) for k, v in jax.device_get(pending[1]).items()}
+        writer.write(pending[0], values)
+    finally:
+      progress.close()
+      ckpt.close()
+      preempt.restore()
+    if step < train_steps:
+      if is_chief:
+        print(f"t5lite: stopped at step {step} on request; checkpoint saved. Run the same "
+              "command again to resume.", flush=True)
+    writer.finish()
+    if predict_examples and is_chief:
+      from t5lite import predict  # pylint: disable=g-import-not-at-top
+      predict.show_predictions(model, state.params, mixture_or_task_name, task_feature_lengths,
+                               predict_examples)
+  return state
+
+
+def evaluate(eval_fn, params, name, task_feature_lengths, host_batch, eval_steps, mesh,
+             shard_info) -> dict[str, float]:
+  """Loss and accuracy over the first `eval_steps` batches of the validation split."""
+  from t5lite.data import pipeline  # pylint: disable=g-import-not-at-top
+  ds = pipeline.get_dataset(name, task_feature_lengths, host_batch, split="validation",
+                            shuffle=False, seed=0, shard_info=shard_info)
+  totals = None
+  for batch in ds.take(eval_steps).as_numpy_iterator():
+    sums = eval_fn(params, partitioning.host_to_global(batch, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    return {}
+  totals = {k: float(v) for k, v in jax.device_get(totals).items()}
+  denom = max(totals["weight_sum"], 1.0)
+  return {"loss": totals["loss"] / denom, "accuracy": totals["accuracy"] / denom,
+          "z_loss": totals["z_loss"] / denom}
+
+
+PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu v4": 275e12,
+              "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12, "tpu v6": 918e12}
+
+
+def peak_flops_per_device() -> Optional[float]:
+  kind = jax.devices()[0].device_kind.lower()
+  for name, peak in PEAK_FLOPS.items():
+    if name in kind:
+      return peak
+  return None
+
+
+def _throughput(steps_per_s: float, batch_size: int, target_tokens: float, flops: float) -> dict:
+  out = {"steps_per_s": steps_per_s, "examples_per_s": steps_per_s * batch_size,
+         "target_tokens_per_s": steps_per_s * target_tokens}
+  peak = peak_flops_per_device()
+  if peak:
+    out["mfu"] = steps_per_s * batch_size * flops / (peak * jax.device_count())
+  return out
+
+
+def _write_text(path: str, text: str) -> None:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gs:// paths)
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(text)
