@@ -1,6 +1,7 @@
 """t5lite data: span corruption, vocabularies, seqio tasks and input pipelines.
 
-Importing this package registers the default tasks (see tasks.register_tasks).
+Importing this package registers the default tasks (see tasks.register_tasks). The
+span_corruption preprocessor lives in the module of that name (t5lite.data.span_corruption).
 """
 from t5lite.data.demo_corpus import DemoAssets
 from t5lite.data.demo_corpus import demo_assets
@@ -13,7 +14,6 @@ from t5lite.data.span_corruption import random_spans_helper
 from t5lite.data.span_corruption import random_spans_noise_mask
 from t5lite.data.span_corruption import reduce_concat_tokens
 from t5lite.data.span_corruption import select_random_chunk
-from t5lite.data.span_corruption import span_corruption
 from t5lite.data.span_corruption import split_tokens
 from t5lite.data.span_corruption import split_tokens_to_inputs_length
 from t5lite.data.tasks import TASK_NAMES
