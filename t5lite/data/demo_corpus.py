@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from typing import Iterator
 
 NUM_TRAIN_SHARDS = 4
@@ -68,6 +69,12 @@ def _paths(root: str) -> DemoAssets:
 def _module_text(name: str) -> str:
   """The module docstring then the docstrings of its own public classes, functions and methods."""
   module = importlib.import_module(name)
+  with warnings.catch_warnings():  # e.g. typing.io's deprecation on attribute access
+    warnings.simplefilter("ignore")
+    return _docstrings(name, module)
+
+
+def _docstrings(name, module) -> str:
   parts = [f"{name}\n\n{inspect.cleandoc(module.__doc__ or '')}"]
   for attr in sorted(vars(module)):
     obj = vars(module)[attr]

@@ -35,7 +35,8 @@ class JsonLinesDataSource(seqio.FileDataSource):
 
   def __init__(self, split_to_filepattern: Mapping[str, Patterns],
                reader: Callable[[tf.Tensor], tf.data.Dataset] = read_json_lines):
-    super().__init__(read_file_fn=reader, split_to_filepattern=dict(split_to_filepattern))
+    # Not copied: a lazy Mapping (the demo corpus) resolves its patterns on first read.
+    super().__init__(read_file_fn=reader, split_to_filepattern=split_to_filepattern)
 
   def list_shards(self, split: str) -> Sequence[str]:
     patterns = self._split_to_filepattern[split]

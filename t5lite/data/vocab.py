@@ -46,7 +46,8 @@ def iter_text_lines(input_patterns: Iterable[str], max_chars_per_line: int = 819
       is_json = ".json" in os.path.basename(path)
       with tf.io.gfile.GFile(path, "rb") as f:
         stream = gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f
-        for line in io.TextIOWrapper(stream, encoding="utf-8"):
+        for raw_line in stream:  # bytes lines
+          line = raw_line.decode("utf-8")
           if not line.strip():
             continue
           text = json.loads(line)["text"] if is_json else line
