@@ -22,7 +22,7 @@ text ("<mask>", "</s>") are *not* turned into special ids. No <s>/</s> is added 
 (seqio appends EOS itself). Note seqio's padding and `EncDecFeatureConverter` use id 0, which
 BART calls <s>; t5lite's BART objectives therefore never emit <s> (see objectives.py).
 
-The BPE itself runs in the `tokenizers` library (Rust); the TF ops wrap it in `tf.py_function`.
+The BPE itself runs in the `tokenizers` library (Rust); the TF ops wrap it in `tf.numpy_function`.
 """
 from __future__ import annotations
 
@@ -214,30 +214,31 @@ class GPT2BPEVocabulary(seqio.Vocabulary):
     """Scalar string -> int32[length]; 1-D strings -> RaggedTensor int32[batch, None]."""
     s = tf.convert_to_tensor(s, dtype=tf.string)
 
-    def _py(texts):
-      texts = [t.decode("utf-8") for t in np.atleast_1d(texts.numpy())]
-      ids = self.encode_batch(texts)
+    def _np(texts):  # tf.numpy_function: ~2x less overhead per call than tf.py_function
+      texts = [t.decode("utf-8") for t in np.atleast_1d(texts)]
+      ids = self.encode_batch(texts) if len(texts) > 1 else [
+          np.asarray(self._encode(texts[0]))]
       lengths = np.asarray([len(x) for x in ids], dtype=np.int64)
       flat = np.concatenate(ids).astype(np.int32) if ids else np.zeros([0], np.int32)
       return flat, lengths
 
-    flat, lengths = tf.py_function(_py, [s], [tf.int32, tf.int64])
+    flat, lengths = tf.numpy_function(_np, [s], [tf.int32, tf.int64], stateful=False)
     flat.set_shape([None])
     if s.shape.rank == 0:
       return flat
+    lengths.set_shape([None])
     return tf.RaggedTensor.from_row_lengths(flat, lengths)
 
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
     """int ids [..., length] -> strings [...]."""
     ids = tf.convert_to_tensor(ids)
 
-    def _py(x):
-      x = x.numpy()
+    def _np(x):
       flat = x.reshape([-1, x.shape[-1]]) if x.ndim else x.reshape([1, 1])
       out = [self._decode(row).encode("utf-8") for row in flat]
       return np.asarray(out, dtype=object).reshape(x.shape[:-1])
 
-    out = tf.py_function(_py, [ids], tf.string)
+    out = tf.numpy_function(_np, [ids], tf.string, stateful=False)
     out.set_shape(ids.shape[:-1])
     return out
 
