@@ -94,7 +94,7 @@ def required_targets_length(objective: str, inputs_length: int, prefix_length: i
                           mean_noise_span_length)
   if objective in ("span_corruption", "ul2_denoiser"):
     return random_spans_helper(inputs_length - prefix_length, noise_density,
-                                  mean_noise_span_length)[1]
+                               mean_noise_span_length)[1]
   if objective in ("prefix_lm", "ul2_prefix_lm"):
     return raw - _prefix_min_inputs(raw, noise_density) + 1
   if objective == "iid_denoising":
@@ -197,7 +197,11 @@ class BartVocabInfo:
 
 
 def bart_vocab_info(vocabulary: seqio.Vocabulary) -> BartVocabInfo:
-  """GPT-2 BPE: its <mask>, 'Ġ' word starts and '.'; SentencePiece: <extra_id_0>, '▁', '.'."""
+  """GPT-2 BPE: its <mask>, 'Ġ' word starts and '.'; SentencePiece: <extra_id_0>, '▁', '.'.
+
+  Random replacement tokens: GPT-2 ids [4, <mask>) (fairseq draws from [1, len(dict)), specials
+  included); SentencePiece ids [3, pieces), never a sentinel.
+  """
   if hasattr(vocabulary, "word_start_table"):  # GPT2BPEVocabulary
     return BartVocabInfo(vocabulary.mask_id, vocabulary.id_for_piece("."),
                          vocabulary.word_start_table(), 4, vocabulary.mask_id)
@@ -240,7 +244,7 @@ def _insert(tokens, n, random_ratio, info, rng):
   if n <= 0:
     return tokens
   total = len(tokens) + n
-  positions = rng.permutation(total)[:n]
+  positions = rng.permutation(total)[:n]  # fairseq skips <s>/</s> slots; there are none here
   is_noise = np.zeros(total, dtype=bool)
   is_noise[positions] = True
   result = np.empty(total, dtype=tokens.dtype)
@@ -452,8 +456,8 @@ def _prefix_lm(dataset, sequence_length, output_features, objective, noise_densi
   raw = _check_lengths(objective, sequence_length, len(prefix), noise_density=noise_density)
   ds = _chunks(dataset, raw, merge_examples_to_reduce_padding)
   ds = denoise(ds, output_features, noise_density=noise_density,
-                  noise_mask_fn=random_prefix_noise_mask, inputs_fn=drop_noise_tokens,
-                  targets_fn=drop_nonnoise_tokens)
+               noise_mask_fn=random_prefix_noise_mask, inputs_fn=drop_noise_tokens,
+               targets_fn=drop_nonnoise_tokens)
   return _prepend(ds, prefix)
 
 
@@ -484,8 +488,8 @@ def bert_style_denoising(dataset, sequence_length, output_features, noise_densit
   raw = _check_lengths("bert_style_denoising", sequence_length, noise_density=noise_density)
   ds = _chunks(dataset, raw, merge_examples_to_reduce_padding)
   return denoise(ds, output_features, noise_density=noise_density, noise_mask_fn=iid_noise_mask,
-                    inputs_fn=functools.partial(noise_token_to_random_token_or_sentinel,
-                                                random_prob=random_prob))
+                 inputs_fn=functools.partial(noise_token_to_random_token_or_sentinel,
+                                             random_prob=random_prob))
 
 
 def deshuffling(dataset, sequence_length, output_features,
@@ -521,9 +525,9 @@ def ul2_denoiser(dataset, sequence_length, output_features, mean_noise_span_leng
   inputs_fn, targets_fn = _sentinel_fns(output_features)
   ds = _chunks(dataset, raw, merge_examples_to_reduce_padding)
   ds = denoise(ds, output_features, noise_density=noise_density,
-                  noise_mask_fn=functools.partial(random_spans_noise_mask,
-                                                  mean_noise_span_length=mean_noise_span_length),
-                  inputs_fn=inputs_fn, targets_fn=targets_fn)
+               noise_mask_fn=functools.partial(random_spans_noise_mask,
+                                               mean_noise_span_length=mean_noise_span_length),
+               inputs_fn=inputs_fn, targets_fn=targets_fn)
   return _prepend(ds, prefix)
 
 
