@@ -278,14 +278,13 @@ def test_ul2_mixture_rates(registered, vocabs):
 
 
 def test_register_mixture_from_gin(registered):
+  # Scoped so the bindings cannot leak into other tests; a gin file writes them unscoped.
   gin.parse_config(f"""
-      register_mixture.name = 'testc4_my_mix'
-      register_mixture.tasks_and_rates = [('{P}_prefix_lm', 1.0), ('{P}_ul2', 2.0)]
+      test_objectives/register_mixture.name = 'testc4_my_mix'
+      test_objectives/register_mixture.tasks_and_rates = [('{P}_prefix_lm', 1.0), ('{P}_ul2', 2.0)]
   """)
-  try:
+  with gin.config_scope("test_objectives"):
     objective_tasks.register_mixture()
-  finally:
-    gin.clear_config()
   mix = seqio.MixtureRegistry.get("testc4_my_mix")
   assert mix.get_rate(seqio.get_mixture_or_task(f"{P}_prefix_lm")) == 1.0
   assert len(mix.tasks) == 8
