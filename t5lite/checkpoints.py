@@ -26,8 +26,10 @@ class Checkpointer:
     self.save_period = save_period
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "data"))
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -54,6 +56,8 @@ class Checkpointer:
   def saved_shapes(self, step: int) -> dict[str, tuple]:
     """{path: shape} of the arrays stored at `step`."""
     meta = self._manager.item_metadata(step)["state"]
+    if meta is None:
+      raise ValueError(f"{self.directory}/{step} has no readable 'state' metadata")
     tree = getattr(meta, "tree", meta)
     flat = jax.tree_util.tree_flatten_with_path(
         tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict))[0]
@@ -82,7 +86,8 @@ def check_compatible(saved: dict[str, tuple], abstract_state: Any, where: str) -
   flat = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
   wanted = {_path_str(p): tuple(np.shape(leaf)) for p, leaf in flat}
   problems = []
-  for name in sorted(set(wanted) | set(saved)):
+  # Parameters first: optimizer-state mismatches usually just follow from them.
+  for name in sorted(set(wanted) | set(saved), key=lambda n: (not n.startswith("params/"), n)):
     if name not in saved:
       problems.append(f"  {name}: missing from the checkpoint (model expects {wanted[name]})")
     elif name not in wanted:
@@ -90,6 +95,6 @@ def check_compatible(saved: dict[str, tuple], abstract_state: Any, where: str) -
     elif wanted[name] != saved[name]:
       problems.append(f"  {name}: checkpoint has shape {saved[name]}, model expects {wanted[name]}")
   if problems:
-    shown = problems[:20] + ([f"  ... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+    shown = problems[:40] + ([f"  ... and {len(problems) - 40} more"] if len(problems) > 40 else [])
     raise ValueError(f"checkpoint {where} does not fit the model ({len(problems)} mismatched "
                      "parameters):\n" + "\n".join(shown))

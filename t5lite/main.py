@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import pathlib
 import sys
@@ -57,18 +56,18 @@ def parse_gin(args: argparse.Namespace, extra_bindings: Sequence[str]) -> None:
   for path in gin_config_dirs() + paths + [os.getcwd()]:
     gin.add_config_file_search_path(path)
   files = [_resolve_gin_file(f, gin_config_dirs() + paths) for f in args.gin_file]
-  # gin first tries each `include` relative to the cwd and logs an ERROR before searching the
-  # search paths; hide that noise (a file that is really missing still raises).
-  root = logging.getLogger()
-  level = root.level
-  root.setLevel(logging.CRITICAL)
-  try:
-    gin.parse_config_files_and_bindings(files, list(args.gin_bindings) + list(extra_bindings),
-                                        finalize_config=False)
-  finally:
-    root.setLevel(level)
+  _use_plain_file_readers(gin)
+  gin.parse_config_files_and_bindings(files, list(args.gin_bindings) + list(extra_bindings),
+                                      finalize_config=False)
   if args.num_cpu_devices:
     gin.bind_parameter("emulate_cpu_devices.num_devices", args.num_cpu_devices)
+
+
+def _use_plain_file_readers(gin) -> None:
+  """Drops gin's Python-package resource reader: it treats `include 'runs/x.gin'` as package
+  `runs` and crashes when the cwd holds a folder of that name (e.g. the demo's runs/ output)."""
+  readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  readers[:] = [r for r in readers if getattr(r[0], "__module__", "") != "gin.resource_reader"]
 
 
 def _resolve_gin_file(name: str, search: Sequence[str]) -> str:
@@ -128,10 +127,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run() -> None:
-  """Console-script entry point: clear one-line errors for bad input, tracebacks otherwise."""
+  """Console-script entry point."""
+  run_with_args(None)
+
+
+def run_with_args(argv: Optional[Sequence[str]]) -> None:
+  """Runs a command; bad input (a ValueError, a missing file, a gin error) exits 2 with a clear
+  message instead of a traceback."""
   try:
-    sys.exit(main())
-  except (ValueError, FileNotFoundError, KeyError) as e:
+    sys.exit(main(argv))
+  except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
     if os.environ.get("T5LITE_TRACEBACK"):
       raise
     print(f"t5lite: error: {e}\n(set T5LITE_TRACEBACK=1 for the traceback)", file=sys.stderr)

@@ -174,6 +174,9 @@ def train(model_dir: str = gin.REQUIRED,
   The data stream resumes at the restored step (its order depends only on seed, step and
   the process index/count).
   """
+  _check_required(model_dir=model_dir, train_steps=train_steps,
+                  mixture_or_task_name=mixture_or_task_name,
+                  task_feature_lengths=task_feature_lengths, batch_size=batch_size)
   from t5lite import data as t5data  # pylint: disable=g-import-not-at-top  (registers tasks)
   from t5lite.data import pipeline  # pylint: disable=g-import-not-at-top
   t5data.register_tasks()
@@ -278,6 +281,20 @@ def train(model_dir: str = gin.REQUIRED,
       predict.show_predictions(model, state.params, mixture_or_task_name, task_feature_lengths,
                                predict_examples)
   return state
+
+
+REQUIRED_MACROS = {"model_dir": "MODEL_DIR", "train_steps": "TRAIN_STEPS",
+                   "mixture_or_task_name": "MIXTURE_OR_TASK_NAME",
+                   "task_feature_lengths": "TASK_FEATURE_LENGTHS", "batch_size": "BATCH_SIZE"}
+
+
+def _check_required(**values) -> None:
+  """gin passes `X = %gin.REQUIRED` macros through as a sentinel; name the ones left unset."""
+  missing = [k for k, v in values.items() if v is gin.REQUIRED]
+  if missing:
+    names = ", ".join(f"{REQUIRED_MACROS[k]} (train.{k})" for k in missing)
+    raise ValueError(f"required gin macro not set: {names}; set it in a gin file or on the "
+                     f"command line, e.g. --gin.{REQUIRED_MACROS[missing[0]]}=...")
 
 
 def evaluate(eval_fn, params, name, task_feature_lengths, host_batch, eval_steps, mesh,
