@@ -5,6 +5,8 @@ One rules table maps the model's logical axis names to the ('data', 'model') mes
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Any, Optional, Sequence
 
@@ -77,9 +79,47 @@ def make_mesh(mesh_shape: Sequence[int] = (-1, 1), devices: Optional[Sequence[An
 
 
 def logical_shardings(boxed_tree: Any, mesh: jax.sharding.Mesh, fsdp: bool = False) -> Any:
-  """NamedShardings for a tree of nn.Partitioned (boxed) leaves; unboxed leaves are replicated."""
+  """NamedShardings for a tree of nn.Partitioned (boxed) leaves; unboxed leaves are replicated.
+
+  A dimension that the rules would split over a mesh axis it does not divide (BART's 50265
+  vocabulary over model=2, say) is replicated instead, with a warning naming it.
+  """
   specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules(fsdp))
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules(fsdp))
+  shapes = raw_values(boxed_tree)
+  flat, treedef = jax.tree_util.tree_flatten_with_path(
+      shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+  fixed = [_divisible(s, leaf.shape, mesh, path)
+           for (path, s), leaf in zip(flat, jax.tree.leaves(shapes))]
+  return jax.tree_util.tree_unflatten(treedef, fixed)
+
+
+def raw_values(tree: Any) -> Any:
+  """Strips nn.Partitioned boxes without applying their sharding constraints (for abstract
+  trees outside jit; nn.unbox would constrain them under active axis rules)."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
+
+
+def _divisible(sharding: NamedSharding, shape: tuple, mesh, path) -> NamedSharding:
+  spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+  for i, axes in enumerate(spec):
+    if axes is None:
+      continue
+    size = int(np.prod([mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,))]))
+    if shape[i] % size:
+      logging.warning("t5lite: %s dim %d (size %d) does not divide over mesh axis %s (%d); "
+                      "replicating it", jax.tree_util.keystr(path), i, shape[i], axes, size)
+      spec[i] = None
+  return NamedSharding(mesh, P(*spec))
+
+
+@contextlib.contextmanager
+def activate(mesh: jax.sharding.Mesh, fsdp: bool = False):
+  """Sets the mesh and the logical-axis rules, so activations' logical constraints are real
+  (without the rules, nn.with_logical_constraint is a no-op)."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules(fsdp)):
+    yield mesh
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -100,7 +100,7 @@ def create_train_state(config: Config, tx, mesh, batch_shapes: Mapping[str, tupl
 
   boxed = jax.eval_shape(init_boxed, jax.random.key(seed))
   param_shardings = partitioning.logical_shardings(boxed, mesh, fsdp)
-  params_shape = nn.unbox(boxed)
+  params_shape = partitioning.raw_values(boxed)
   opt_shape = jax.eval_shape(tx.init, params_shape)
   opt_shardings = partitioning.match_shardings(opt_shape, params_shape, param_shardings, mesh)
   shardings = TrainState(step=partitioning.replicated(mesh), params=param_shardings,
@@ -179,7 +179,7 @@ def train(model_dir: str = gin.REQUIRED,
                   task_feature_lengths=task_feature_lengths, batch_size=batch_size)
   from t5lite import data as t5data  # pylint: disable=g-import-not-at-top  (registers tasks)
   from t5lite.data import pipeline  # pylint: disable=g-import-not-at-top
-  t5data.register_tasks()
+  t5data.register_all()
   task = t5data.get_task_or_mixture(mixture_or_task_name)
   vocab = task.output_features["targets"].vocabulary
   if vocab.vocab_size > config.vocab_size:
@@ -198,10 +198,9 @@ def train(model_dir: str = gin.REQUIRED,
     shard_info = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
   is_chief = jax.process_index() == 0
 
-  with jax.set_mesh(mesh):
+  with partitioning.activate(mesh, fsdp):
     schedule = optim.learning_rate_schedule()
     tx = optim.make_optimizer(schedule=schedule)
-    tx = optax.apply_if_finite(tx, max_consecutive_errors=20) if False else tx
     li, lt = task_feature_lengths["inputs"], task_feature_lengths["targets"]
     state, shardings, model = create_train_state(
         config, tx, mesh, {"encoder_input_tokens": (host_batch, li),

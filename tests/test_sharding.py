@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from t5lite import optim, partitioning, train
 from t5lite.config import Config
@@ -56,7 +56,7 @@ def cached_run(shape, fsdp=False, microbatches=1):
 def run_steps(mesh, fsdp=False, optimizer="adafactor", steps=3, microbatches=1):
   schedule = optim.learning_rate_schedule("constant", peak=1e-2)
   tx = optim.make_optimizer(optimizer, schedule=schedule)
-  with jax.set_mesh(mesh):
+  with partitioning.activate(mesh, fsdp):
     state, shardings, model = train.create_train_state(
         TINY, tx, mesh, {"encoder_input_tokens": (B, LI), "decoder_input_tokens": (B, LT)},
         seed=0, fsdp=fsdp)
@@ -136,3 +136,30 @@ def test_mesh_errors():
   with pytest.raises(ValueError, match="does not divide"):
     partitioning.make_mesh((-1, 3))
   assert dict(partitioning.make_mesh((-1, 2)).shape) == {"data": 4, "model": 2}
+
+
+def test_indivisible_dimension_is_replicated_not_an_error():
+  """BART's vocabulary (50265) cannot split over model=2: that axis is replicated instead."""
+  cfg = TINY.replace(vocab_size=255)
+  mesh = partitioning.make_mesh((4, 2))
+  tx = optim.make_optimizer("adamw", schedule=optim.learning_rate_schedule("constant"))
+  with jax.set_mesh(mesh):
+    state, _, _ = train.create_train_state(
+        cfg, tx, mesh, {"encoder_input_tokens": (B, LI), "decoder_input_tokens": (B, LT)}, 0)
+  assert state.params["token_embedder"]["embedding"].sharding.spec == P(None, None)
+  assert state.params["decoder"]["logits_dense"].sharding.spec == P(None, None)
+  assert state.params["encoder"]["layers_0"]["mlp"]["wi_0"].sharding.spec == P(None, "model")
+
+
+def test_activation_constraints_are_real_under_activate():
+  """Inside partitioning.activate the model's logical constraints shard activations."""
+  from t5lite.layers import constrain
+  mesh = partitioning.make_mesh((4, 2))
+  x = jax.numpy.ones((8, 4, 6))
+  f = jax.jit(lambda y: constrain(y * 2, ("batch", "length", "embed")))
+  with partitioning.activate(mesh):
+    assert f(x).sharding.is_equivalent_to(NamedSharding(mesh, P("data", None, None)), 3)
+  g = jax.jit(lambda y: constrain(y * 2, ("batch", "length", "mlp")))
+  with partitioning.activate(mesh):
+    assert g(x).sharding.is_equivalent_to(NamedSharding(mesh, P("data", None, "model")), 3)
+  assert not f(x).sharding.is_equivalent_to(NamedSharding(mesh, P("data", None, None)), 3)

@@ -1,8 +1,13 @@
 """t5lite data: span corruption, vocabularies, seqio tasks and input pipelines.
 
-Importing this package registers the default tasks (see tasks.register_tasks). The
+Importing this package registers the default tasks (tasks.register_tasks, and every objective's
+tasks in objective_tasks); register_all() re-registers them with the gin-bound sources. The
 span_corruption preprocessor lives in the module of that name (t5lite.data.span_corruption).
 """
+from typing import Mapping, Sequence
+
+import gin
+
 from t5lite.data.demo_corpus import DemoAssets
 from t5lite.data.demo_corpus import demo_assets
 from t5lite.data.pipeline import get_dataset
@@ -23,4 +28,18 @@ from t5lite.data.vocab import T5_VOCAB_PATH
 from t5lite.data.vocab import get_vocabulary
 from t5lite.data.vocab import train_vocabulary
 
+from t5lite.data.objective_tasks import register_mixture
+from t5lite.data.objective_tasks import register_objective_tasks
+
 register_tasks()
+
+
+@gin.configurable
+def register_all(mixtures: Mapping[str, Sequence[tuple[str, float]]] = ()) -> None:
+  """(Re-)registers every task with the gin-bound sources and vocabularies, then the user's
+  mixtures, e.g. in gin: register_all.mixtures = {'mix': [('c4_prefix_lm', 1.0), ('c4_ul2', 2.0)]}.
+  """
+  register_tasks()
+  register_objective_tasks()
+  for name, tasks_and_rates in dict(mixtures).items():
+    register_mixture(name, tasks_and_rates)
