@@ -98,3 +98,46 @@ def check_compatible(saved: dict[str, tuple], abstract_state: Any, where: str) -
     shown = problems[:40] + ([f"  ... and {len(problems) - 40} more"] if len(problems) > 40 else [])
     raise ValueError(f"checkpoint {where} does not fit the model ({len(problems)} mismatched "
                      "parameters):\n" + "\n".join(shown))
+
+
+# ----------------------------------------------------------------------------- params only
+
+
+def resolve(path: str) -> tuple[str, int]:
+  """(checkpoints folder, step) for a t5lite run folder (its latest checkpoint), a run's
+  checkpoints/ folder (its latest), or one step's folder (…/checkpoints/<step>)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top  (an orbax dependency; gs:// too)
+  p = epath.Path(os.fspath(path))
+  if not p.exists():
+    raise FileNotFoundError(f"checkpoint path {path} does not exist")
+  if p.name.isdigit() and (p / "state").exists():
+    return os.fspath(p.parent), int(p.name)
+  folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+  steps = sorted(int(c.name) for c in folder.iterdir() if c.name.isdigit() and c.is_dir())
+  if not steps:
+    raise FileNotFoundError(f"{path}: no finished checkpoint (expected a t5lite run folder, its "
+                            "checkpoints/ folder, or a checkpoints/<step> folder)")
+  return os.fspath(folder), steps[-1]
+
+
+def restore_params(path: str, abstract_params: Any, step: Optional[int] = None) -> Any:
+  """Only the parameters of a saved TrainState (no optimizer state), onto the shardings in
+  `abstract_params` (ShapeDtypeStructs). `path` is anything `resolve` takes; `step` overrides
+  the step it picks. Mismatched parameters raise ValueError naming each."""
+  folder, latest = resolve(path)
+  step = latest if step is None else step
+  item_dir = os.path.join(folder, str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(item_dir)
+  tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+  if not isinstance(tree, dict) or "params" not in tree:
+    raise ValueError(f"{item_dir} holds no 'params' (not a t5lite TrainState checkpoint)")
+  flat = jax.tree_util.tree_flatten_with_path(
+      {"params": tree["params"]}, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict))[0]
+  saved = {_path_str(p): tuple(leaf.shape) for p, leaf in flat if hasattr(leaf, "shape")}
+  target = {"params": abstract_params}
+  check_compatible(saved, target, f"{folder}/{step}")
+  restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True))
+  return restored["params"]
