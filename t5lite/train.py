@@ -167,10 +167,13 @@ def train(model_dir: str = gin.REQUIRED,
           eval_steps: int = 10,
           log_period: int = 100,
           predict_examples: int = 0,
+          init_checkpoint: Optional[str] = None,
           mesh: Optional[jax.sharding.Mesh] = None) -> TrainState:
   """Pretrains (or continues) a model in `model_dir`; returns the final state.
 
-  Restore order: (1) the latest checkpoint in model_dir -> (2) scratch.
+  Restore order: (1) the latest checkpoint in model_dir -> (2) the parameters only of
+  `init_checkpoint` (a t5lite run folder or a checkpoints/<step> folder; fresh optimizer state,
+  step 0: fine-tuning) -> (3) scratch.
   The data stream resumes at the restored step (its order depends only on seed, step and
   the process index/count).
   """
@@ -212,6 +215,12 @@ def train(model_dir: str = gin.REQUIRED,
       if is_chief:
         print(f"t5lite: resumed from {ckpt.directory}/{start} (data at batch "
               f"{data_state.get('batches', start)})", flush=True)
+    elif init_checkpoint:  # (2) pretrained parameters, fresh optimizer state
+      params = checkpoints.restore_params(init_checkpoint,
+                                          abstract_state(state, shardings).params)
+      state = state.replace(params=params)
+      if is_chief:
+        print(f"t5lite: initialised parameters from {init_checkpoint}", flush=True)
     start = int(jax.device_get(state.step))
     if is_chief:
       os.makedirs(model_dir, exist_ok=True) if not model_dir.startswith("gs://") else None
