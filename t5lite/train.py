@@ -312,10 +312,15 @@ def train(model_dir: str = gin.REQUIRED,
         print(f"t5lite: stopped at step {step} on request; checkpoint saved. Run the same "
               "command again to resume.", flush=True)
     writer.finish()
-    if predict_examples and is_chief:
-      from t5lite import predict  # pylint: disable=g-import-not-at-top
-      predict.show_predictions(model, state.params, mixture_or_task_name, task_feature_lengths,
-                               predict_examples)
+    if predict_examples:
+      params = state.params
+      if jax.process_count() > 1:  # every process joins the gather; process 0 decodes
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        params = multihost_utils.process_allgather(params, tiled=True)
+      if is_chief:
+        from t5lite import predict  # pylint: disable=g-import-not-at-top
+        predict.show_predictions(model, params, mixture_or_task_name, task_feature_lengths,
+                                 predict_examples)
   return state
 
 
