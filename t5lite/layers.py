@@ -121,8 +121,10 @@ class RelativePositionBias(nn.Module):
 
 
 class Attention(nn.Module):
-  """Multi-head attention; `decode=True` uses and updates a KV cache (self-attention only)."""
+  """Multi-head attention. With `decode=True`, self-attention appends this step's key/value to a
+  cache; cross-attention (`cross=True`) caches the encoder's keys/values on the first call."""
   config: Config
+  cross: bool = False
 
   @nn.compact
   def __call__(self, x_BQD: Array, kv_BKD: Array, mask_B1QK: Optional[Array],
@@ -138,20 +140,29 @@ class Attention(nn.Module):
     w_v = declare(self, "value", kernel_init(cfg), (EMBED, HEADS, KV), (D, H, K), cfg)
     w_o = declare(self, "out", kernel_init(cfg, fan_in_axes=(0, 1)), (HEADS, KV, EMBED), (H, K, D), cfg)
     q_BQHK = jnp.einsum("bqd,dhk->bqhk", x_BQD, w_q.astype(dt))
-    k_BKHK = jnp.einsum("btd,dhk->bthk", kv_BKD, w_k.astype(dt))
-    v_BKHK = jnp.einsum("btd,dhk->bthk", kv_BKD, w_v.astype(dt))
     if bart:
       zeros = nn.initializers.zeros
-      q_BQHK = q_BQHK + declare(self, "query_bias", zeros, (HEADS, KV), (H, K), cfg).astype(dt)[None, None]
-      k_BKHK = k_BKHK + declare(self, "key_bias", zeros, (HEADS, KV), (H, K), cfg).astype(dt)[None, None]
-      v_BKHK = v_BKHK + declare(self, "value_bias", zeros, (HEADS, KV), (H, K), cfg).astype(dt)[None, None]
-      q_BQHK = q_BQHK * jnp.asarray(K ** -0.5, dt)
+      b_q, b_k, b_v = (declare(self, f"{n}_bias", zeros, (HEADS, KV), (H, K), cfg).astype(dt)[None, None]
+                       for n in ("query", "key", "value"))
+      q_BQHK = (q_BQHK + b_q) * jnp.asarray(K ** -0.5, dt)
     q_BQHK = constrain(q_BQHK, (BATCH, LENGTH, HEADS, KV))
-    k_BKHK = constrain(k_BKHK, (BATCH, LENGTH, HEADS, KV))
-    v_BKHK = constrain(v_BKHK, (BATCH, LENGTH, HEADS, KV))
 
-    if decode:
-      k_BKHK, v_BKHK = self._update_cache(k_BKHK, v_BKHK)
+    if decode and self.cross and self.has_variable("cache", "cross_key"):
+      # Cross-attention keys/values depend only on the encoder output: computed once per sequence.
+      k_BKHK = self.get_variable("cache", "cross_key")
+      v_BKHK = self.get_variable("cache", "cross_value")
+    else:
+      k_BKHK = jnp.einsum("btd,dhk->bthk", kv_BKD, w_k.astype(dt))
+      v_BKHK = jnp.einsum("btd,dhk->bthk", kv_BKD, w_v.astype(dt))
+      if bart:
+        k_BKHK, v_BKHK = k_BKHK + b_k, v_BKHK + b_v
+      k_BKHK = constrain(k_BKHK, (BATCH, LENGTH, HEADS, KV))
+      v_BKHK = constrain(v_BKHK, (BATCH, LENGTH, HEADS, KV))
+      if decode and self.cross:
+        self.put_variable("cache", "cross_key", k_BKHK)
+        self.put_variable("cache", "cross_value", v_BKHK)
+      elif decode:
+        k_BKHK, v_BKHK = self._update_cache(k_BKHK, v_BKHK)
 
     logits_BHQK = jnp.einsum("bqhk,bthk->bhqt", q_BQHK, k_BKHK).astype(jnp.float32)
     if bias_1HQK is not None:

@@ -58,9 +58,9 @@ class DecoderLayer(nn.Module):
     y_BTD = _sublayer(cfg, Norm(cfg, name="self_attention_norm"),
                       lambda z: self_attn(z, z, self_mask_B1TT, bias_1HTT, deterministic, decode),
                       y_BTD, deterministic)
-    cross = Attention(cfg, name="cross_attention")
+    cross = Attention(cfg, cross=True, name="cross_attention")
     y_BTD = _sublayer(cfg, Norm(cfg, name="cross_attention_norm"),
-                      lambda z: cross(z, encoded_BID, cross_mask_B1TI, None, deterministic),
+                      lambda z: cross(z, encoded_BID, cross_mask_B1TI, None, deterministic, decode),
                       y_BTD, deterministic)
     mlp = Mlp(cfg, name="mlp")
     y_BTD = _sublayer(cfg, Norm(cfg, name="mlp_norm"), lambda z: mlp(z, deterministic), y_BTD,
