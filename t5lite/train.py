@@ -319,8 +319,12 @@ def train(model_dir: str = gin.REQUIRED,
         params = multihost_utils.process_allgather(params, tiled=True)
       if is_chief:
         from t5lite import predict  # pylint: disable=g-import-not-at-top
-        predict.show_predictions(model, params, mixture_or_task_name, task_feature_lengths,
-                                 predict_examples)
+        # Alone on process 0: decode on one of its devices, not on the mesh of all processes.
+        local = (partitioning.make_mesh((1, 1), jax.local_devices()[:1])
+                 if jax.process_count() > 1 else mesh)
+        with partitioning.activate(local, fsdp):
+          predict.show_predictions(model, params, mixture_or_task_name, task_feature_lengths,
+                                   predict_examples)
   return state
 
 
