@@ -106,6 +106,11 @@ def _lazy(module: str, function: str = "cli") -> Callable[[Sequence[str]], int]:
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "train": (cmd_train, "pretrain / fine-tune / continue a run (gin-configured)"),
     "vocab": (_lazy("t5lite.data.vocab"), "train a SentencePiece vocabulary with T5's conventions"),
+    "import-hf": (_lazy("t5lite.export", "import_cli"), "HF T5/mT5/BART folder -> t5lite run folder"),
+    "export-hf": (_lazy("t5lite.export", "export_cli"), "t5lite run -> HF from_pretrained folder"),
+    "score": (_lazy("t5lite.infer", "score_cli"), "log-likelihood of targets given inputs (JSON lines)"),
+    "infer": (_lazy("t5lite.infer", "infer_cli"), "decode predictions for inputs (JSON lines)"),
+    "eval": (_lazy("t5lite.evaluate", "cli"), "loss, accuracy and task metrics of checkpoints"),
 }
 
 
