@@ -78,7 +78,8 @@ def import_hf(hf_dir: str, model_dir: str, dtype: str = "float32",
                            opt_state=jax.jit(tx.init, out_shardings=opt_shardings)(params))
   ckpt = checkpoints.Checkpointer(ckpt_dir, async_save=False)
   # Saved from host memory: orbax's per-shard device transfers cost seconds for small models.
-  ckpt.save(0, jax.device_get(state), {"batches": 0, "imported_from": os.path.abspath(hf_dir)}, force=True)
+  ckpt.save(0, jax.device_get(state), {"batches": 0, "imported_from": os.path.abspath(hf_dir)},
+            force=True)
   ckpt.close()
   return config
 

@@ -59,7 +59,8 @@ def rouge(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float
 
 METRICS: dict[str, Callable] = {"exact_match": exact_match, "bleu": bleu, "rouge": rouge}
 # metric -> (module to import, pip package)
-_PACKAGES = {"bleu": ("sacrebleu", "sacrebleu"), "rouge": ("rouge_score.rouge_scorer", "rouge-score")}
+_PACKAGES = {"bleu": ("sacrebleu", "sacrebleu"),
+             "rouge": ("rouge_score.rouge_scorer", "rouge-score")}
 
 
 def _require(metric: str):
@@ -117,8 +118,8 @@ def _read_tsv(path):
 
 
 def user_source(train_files: Patterns, validation_files: Patterns | None = None,
-                format: str = "jsonl", inputs_key: str = "inputs",  # pylint: disable=redefined-builtin
-                targets_key: str = "targets") -> seqio.FileDataSource:
+                format: str = "jsonl",  # pylint: disable=redefined-builtin
+                inputs_key: str = "inputs", targets_key: str = "targets") -> seqio.FileDataSource:
   """A seqio source with "train" (and "validation") splits of {"inputs", "targets"} strings."""
   if format not in FORMATS:
     raise ValueError(f"register_user_task.format={format!r}; expected one of {FORMATS}")
@@ -135,7 +136,8 @@ def user_source(train_files: Patterns, validation_files: Patterns | None = None,
 
 @gin.configurable
 def register_user_task(name: str = gin.REQUIRED, train_files: Patterns = gin.REQUIRED,
-                       validation_files: Patterns | None = None, format: str = "jsonl",  # pylint: disable=redefined-builtin
+                       validation_files: Patterns | None = None,
+                       format: str = "jsonl",  # pylint: disable=redefined-builtin
                        metrics: Sequence[str] = ("exact_match",),
                        vocabulary_path: str = T5_VOCAB_PATH, extra_ids: int = 100,
                        inputs_key: str = "inputs", targets_key: str = "targets") -> str:

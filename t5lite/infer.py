@@ -153,7 +153,7 @@ def _vocabulary(run: Run):
 
 
 def tokenize(vocabulary, text: str, max_length: Optional[int] = None) -> list[int]:
-  """Token ids + EOS; longer ones are trimmed to max_length - 1 before EOS (append_eos_after_trim)."""
+  """Token ids + EOS; longer ones are trimmed to max_length - 1 first (append_eos_after_trim)."""
   ids = list(vocabulary.encode(text))
   if max_length:
     ids = ids[:max_length - 1]

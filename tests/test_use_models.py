@@ -20,7 +20,8 @@ from t5lite.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-to
 
 V = 32128
 EXAMPLES = [
-    {"inputs": "translate English to German: The house is wonderful.", "targets": "Das Haus ist wunderbar."},
+    {"inputs": "translate English to German: The house is wonderful.",
+     "targets": "Das Haus ist wunderbar."},
     {"inputs": "summarize: a short one", "targets": "short"},
     {"inputs": "Studies have shown that owning a dog is good for you and your health.",
      "targets": "Dogs are good for you, studies show, and for your heart as well."},
@@ -184,3 +185,26 @@ def test_score_rejects_lines_without_targets(imported, tmp_path):
   gin.clear_config()
   with pytest.raises(ValueError, match="'targets'"):
     main.main(["score", f"--model_dir={imported}", f"--input={inp}"])
+
+
+def test_bart_round_trip_without_vocabulary(tmp_path):
+  """BART imports and exports with equal logits; with no vocabulary file, score says so."""
+  torch.manual_seed(0)
+  config = transformers.BartConfig(
+      vocab_size=96, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+      decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=40)
+  model = transformers.BartForConditionalGeneration(config).eval()
+  model.save_pretrained(tmp_path / "hf")
+  cli("import-hf", str(tmp_path / "hf"), str(tmp_path / "run"))
+  assert "Config.family = 'bart'" in (tmp_path / "run" / "model.gin").read_text()
+  cli("export-hf", str(tmp_path / "run"), str(tmp_path / "out"))
+  exported = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out").eval()
+  enc, dec = torch.tensor([[0, 5, 9, 17, 2]]), torch.tensor([[2, 0, 7, 11]])
+  with torch.no_grad():
+    np.testing.assert_allclose(exported(input_ids=enc, decoder_input_ids=dec).logits.numpy(),
+                               model(input_ids=enc, decoder_input_ids=dec).logits.numpy(),
+                               atol=1e-4, rtol=1e-4)
+  inp = write_jsonl(tmp_path / "in.jsonl", EXAMPLES[:1])
+  gin.clear_config()
+  with pytest.raises(ValueError, match="--vocabulary"):
+    main.main(["score", f"--model_dir={tmp_path / 'run'}", f"--input={inp}"])
