@@ -111,6 +111,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "score": (_lazy("t5lite.infer", "score_cli"), "log-likelihood of targets given inputs (JSON lines)"),
     "infer": (_lazy("t5lite.infer", "infer_cli"), "decode predictions for inputs (JSON lines)"),
     "eval": (_lazy("t5lite.evaluate", "cli"), "loss, accuracy and task metrics of checkpoints"),
+    "inspect": (_lazy("t5lite.inspect_task"), "print examples and statistics of a task or mixture"),
 }
 
 
