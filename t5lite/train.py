@@ -291,9 +291,11 @@ def train(model_dir: str = gin.REQUIRED,
         pending = (step, metrics)
         progress.update(1)
         if eval_period and step % eval_period == 0:
-          writer.write(step, evaluate(eval_fn, state.params, mixture_or_task_name,
-                                      task_feature_lengths, host_batch, eval_steps, mesh,
-                                      shard_info), prefix="eval")
+          values = evaluate(eval_fn, state.params, mixture_or_task_name, task_feature_lengths,
+                            host_batch, eval_steps, mesh, shard_info)
+          values.update(decoded_metrics(task, model, state.params, step, vocab, mesh,
+                                        task_feature_lengths, model_dir))
+          writer.write(step, values, prefix="eval")
         stop = preempt.reached(step)
         if ckpt.should_save(step) or stop or step == train_steps:
           ckpt.save(step, state, {"batches": step, "seed": seed,
@@ -326,6 +328,19 @@ def train(model_dir: str = gin.REQUIRED,
           predict.show_predictions(model, params, mixture_or_task_name, task_feature_lengths,
                                    predict_examples)
   return state
+
+
+def decoded_metrics(task, model, params, step, vocab, mesh, task_feature_lengths, model_dir,
+                    num_examples: int = 64) -> dict[str, float]:
+  """The task's seqio metrics (exact match, BLEU, ...) on greedy predictions of its first
+  validation examples; {} for tasks without metric_fns (pretraining) and on multi-process runs
+  (use `t5lite eval --watch` there)."""
+  if not getattr(task, "metric_fns", None) or jax.process_count() > 1:
+    return {}
+  from t5lite import evaluate as eval_lib, infer  # pylint: disable=g-import-not-at-top
+  run = infer.Run(model_dir=model_dir, config=model.config, model=model, params=params, step=step,
+                  vocabulary=vocab, mesh=mesh)
+  return eval_lib.task_metrics(run, task, task_feature_lengths, num_examples)
 
 
 REQUIRED_MACROS = {"model_dir": "MODEL_DIR", "train_steps": "TRAIN_STEPS",

@@ -80,7 +80,7 @@ def finetuned(tmp_path_factory, c4_sample):
       f"register_user_task.validation_files = '{validation_file}'",
       "make_optimizer.name = 'adamw'", "learning_rate_schedule.peak = 3e-3",
       f"Checkpointer.save_period = {SAVE_PERIOD}", "Checkpointer.async_save = False",
-      "train.eval_period = 0", "train.log_period = 20"])
+      f"train.eval_period = {SAVE_PERIOD}", "train.eval_steps = 2", "train.log_period = 20"])
   train.train(mesh=partitioning.make_mesh((4, 2)))
   cli("eval", f"--model_dir={model_dir}", "--all_checkpoints", "--num_examples=32",
       "--eval_steps=2")
@@ -98,6 +98,16 @@ def test_finetuning_raises_exact_match(finetuned):
   assert losses[-1] < losses[0], losses
   assert any(f.startswith("events.out.tfevents")
              for f in os.listdir(model_dir / "tb" / "eval_copy_words"))
+
+
+def test_training_evaluates_decoded_metrics_periodically(finetuned):
+  """train() itself decodes validation examples every eval_period and logs exact match."""
+  model_dir, _ = finetuned
+  rows = [json.loads(l) for l in open(model_dir / "metrics.jsonl")]
+  evals = [r for r in rows if r["split"] == "eval"]
+  assert [r["step"] for r in evals] == list(range(SAVE_PERIOD, STEPS + 1, SAVE_PERIOD))
+  em = [r["exact_match"] for r in evals]
+  assert em[-1] > em[0] and em[-1] >= 25.0, em
 
 
 def test_finetuning_starts_from_the_pretrained_parameters(finetuned, tmp_path):
