@@ -17,13 +17,24 @@ def cross_entropy_with_z_loss(logits_BTV: Array, targets_BT: Array, weights_BT: 
   logits = logits_BTV.astype(jnp.float32)
   weights = weights_BT.astype(jnp.float32)
   log_z_BT = jax.nn.logsumexp(logits, axis=-1)
-  label_logit_BT = jnp.take_along_axis(logits, targets_BT[..., None], axis=-1)[..., 0]
+  label_logit_BT = label_logits(logits, targets_BT)
   nll_BT = log_z_BT - label_logit_BT
   if label_smoothing:
     mean_logit_BT = jnp.mean(logits, axis=-1)
     nll_BT = (1.0 - label_smoothing) * nll_BT + label_smoothing * (log_z_BT - mean_logit_BT)
   z_BT = z_loss * jnp.square(log_z_BT)
   return jnp.sum((nll_BT + z_BT) * weights), jnp.sum(z_BT * weights), jnp.sum(weights)
+
+
+def label_logits(logits_BTV: Array, targets_BT: Array) -> Array:
+  """logits[b, t, targets[b, t]] as a masked sum over the vocabulary (exact: one nonzero term).
+
+  Unlike take_along_axis, whose gradient is a scatter into [B, T, V] (slow on XLA:CPU), the
+  masked sum and its gradient fuse into elementwise loops over the logits.
+  """
+  vocab_BTV = jax.lax.broadcasted_iota(targets_BT.dtype, logits_BTV.shape, logits_BTV.ndim - 1)
+  is_label_BTV = vocab_BTV == targets_BT[..., None]
+  return jnp.sum(jnp.where(is_label_BTV, logits_BTV, jnp.zeros((), logits_BTV.dtype)), axis=-1)
 
 
 def token_log_likelihoods(logits_BTV: Array, targets_BT: Array) -> Array:
@@ -33,5 +44,13 @@ def token_log_likelihoods(logits_BTV: Array, targets_BT: Array) -> Array:
 
 
 def accuracy_sum(logits_BTV: Array, targets_BT: Array, weights_BT: Array) -> Array:
-  correct = (jnp.argmax(logits_BTV, axis=-1) == targets_BT).astype(jnp.float32)
+  """Weighted count of positions whose target has the largest logit.
+
+  label logit >= max logit rather than argmax == target: the same except on exact ties (then
+  counted correct), and a max reduce (shared with logsumexp's) is ~8x cheaper than an argmax
+  over 32k logits on XLA:CPU.
+  """
+  logits = jax.lax.stop_gradient(logits_BTV)
+  max_BT = jnp.max(logits, axis=-1)
+  correct = (label_logits(logits, targets_BT) >= max_BT).astype(jnp.float32)
   return jnp.sum(correct * weights_BT.astype(jnp.float32))
