@@ -13,7 +13,8 @@ import jax.numpy as jnp
 
 from t5lite.config import Config
 from t5lite.layers import (BATCH, EMBED, LENGTH, VOCAB, Attention, Embed, Mlp, Norm,
-                           RelativePositionBias, attention_mask, constrain, declare, kernel_init)
+                           RelativePositionBias, attention_mask, constrain, declare, kernel_init,
+                           matmul)
 
 Array = jax.Array
 BART_POSITION_OFFSET = 2  # HF/fairseq BartLearnedPositionalEmbedding
@@ -162,7 +163,7 @@ class Decoder(nn.Module):
     else:
       w = declare(self, "logits_dense", kernel_init(cfg), (EMBED, VOCAB),
                   (cfg.emb_dim, cfg.vocab_size), cfg)
-      logits_BTV = jnp.einsum("btd,dv->btv", y_BTD.astype(jnp.float32), w.astype(jnp.float32))
+      logits_BTV = matmul(y_BTD.astype(jnp.float32), w.astype(jnp.float32))
     if cfg.family == "bart":
       bias_V = declare(self, "final_logits_bias", nn.initializers.zeros, (VOCAB,),
                        (cfg.vocab_size,), cfg)
