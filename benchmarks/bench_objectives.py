@@ -13,7 +13,6 @@ import argparse
 import os
 import pathlib
 import platform
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -21,10 +20,12 @@ import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from t5lite.data import get_dataset, get_vocabulary, tasks  # noqa: E402
+from t5lite.data import get_vocabulary, tasks  # noqa: E402
 from t5lite.data import objective_tasks  # noqa: E402
 from t5lite.data import objectives as obj  # noqa: E402
 from t5lite.data.gpt2_vocab import GPT2BPEVocabulary  # noqa: E402
+
+from bench_pipeline import throughput  # noqa: E402  (this folder is on sys.path)
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 INPUTS = 512
@@ -55,21 +56,6 @@ def register(sample: str, vocab_path: str, gpt2_dir: str) -> None:
   tasks.add_task(f"{P}_span_corruption", source, t5)
 
 
-def throughput(name: str, lengths, batch_size: int, num_batches: int) -> tuple[float, float]:
-  """(examples/s, rows/s) over num_batches packed batches after 2 warm-up batches."""
-  ds = get_dataset(name, lengths, batch_size, shuffle=True, seed=0, num_epochs=None)
-  it = ds.as_numpy_iterator()
-  for _ in range(2):
-    next(it)
-  examples = 0
-  start = time.perf_counter()
-  for _ in range(num_batches):
-    seg = next(it)["decoder_segment_ids"]  # [batch, targets_len]
-    examples += int(sum(len(np.unique(row[row > 0])) for row in seg))
-  seconds = time.perf_counter() - start
-  return examples / seconds, num_batches * batch_size / seconds
-
-
 def lengths_stats(name: str, lengths, num_examples: int = 200) -> tuple[float, float]:
   ds = seqio.get_mixture_or_task(name).get_dataset(lengths, split="train", shuffle=False, seed=0,
                                                    num_epochs=1)
@@ -91,7 +77,7 @@ def main() -> None:
   rates = {label: [] for label in PIPELINES}
   for _ in range(args.repeats):  # alternate to even out machine noise
     for label, (name, _, _) in PIPELINES.items():
-      rates[label].append(throughput(name, lengths[label], args.batch_size, args.batches))
+      rates[label].append(throughput(name, args.batch_size, args.batches, lengths[label]))
   stats = {label: lengths_stats(name, lengths[label]) for label, (name, _, _) in PIPELINES.items()}
 
   print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average "

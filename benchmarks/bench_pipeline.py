@@ -56,9 +56,9 @@ def register(sample: str, vocab_path: str) -> dict[str, str]:
   return {"t5lite": tasks.C4_JSON, "t5 (original)": "bench_t5_span_corruption"}
 
 
-def throughput(name: str, batch_size: int, num_batches: int) -> tuple[float, float]:
+def throughput(name: str, batch_size: int, num_batches: int, lengths=None) -> tuple[float, float]:
   """(examples/s, rows/s) over num_batches packed batches after 2 warm-up batches."""
-  ds = get_dataset(name, LENGTHS, batch_size, shuffle=True, seed=0, num_epochs=None)
+  ds = get_dataset(name, lengths or LENGTHS, batch_size, shuffle=True, seed=0, num_epochs=None)
   it = ds.as_numpy_iterator()
   for _ in range(2):
     next(it)
