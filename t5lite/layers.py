@@ -171,7 +171,7 @@ class Attention(nn.Module):
     w_k = declare(self, "key", kernel_init(cfg), (EMBED, HEADS, KV), (D, H, K), cfg)
     w_v = declare(self, "value", kernel_init(cfg), (EMBED, HEADS, KV), (D, H, K), cfg)
     w_o = declare(self, "out", kernel_init(cfg, fan_in_axes=(0, 1)), (HEADS, KV, EMBED), (H, K, D), cfg)
-    q_BQHK = jnp.einsum("bqd,dhk->bqhk", x_BQD, w_q.astype(dt))
+    q_BQHK = matmul(x_BQD, w_q.astype(dt).reshape((D, H * K))).reshape(x_BQD.shape[:2] + (H, K))
     if bart:
       zeros = nn.initializers.zeros
       b_q, b_k, b_v = (declare(self, f"{n}_bias", zeros, (HEADS, KV), (H, K), cfg).astype(dt)[None, None]
@@ -184,8 +184,9 @@ class Attention(nn.Module):
       k_BKHK = self.get_variable("cache", "cross_key")
       v_BKHK = self.get_variable("cache", "cross_value")
     else:
-      k_BKHK = jnp.einsum("btd,dhk->bthk", kv_BKD, w_k.astype(dt))
-      v_BKHK = jnp.einsum("btd,dhk->bthk", kv_BKD, w_v.astype(dt))
+      kv_shape = kv_BKD.shape[:2] + (H, K)
+      k_BKHK = matmul(kv_BKD, w_k.astype(dt).reshape((D, H * K))).reshape(kv_shape)
+      v_BKHK = matmul(kv_BKD, w_v.astype(dt).reshape((D, H * K))).reshape(kv_shape)
       if bart:
         k_BKHK, v_BKHK = k_BKHK + b_k, v_BKHK + b_v
       k_BKHK = constrain(k_BKHK, (BATCH, LENGTH, HEADS, KV))
@@ -205,7 +206,8 @@ class Attention(nn.Module):
     if cfg.dropout_rate > 0 and not deterministic:
       weights_BHQK = nn.Dropout(cfg.dropout_rate)(weights_BHQK, deterministic=False)
     out_BQHK = jnp.einsum("bhqt,bthk->bqhk", weights_BHQK, v_BKHK)
-    y_BQD = jnp.einsum("bqhk,hkd->bqd", out_BQHK, w_o.astype(dt))
+    out_BQF = out_BQHK.reshape(out_BQHK.shape[:2] + (H * K,))
+    y_BQD = matmul(out_BQF, w_o.astype(dt).reshape((H * K, D)))
     if bart:
       y_BQD = y_BQD + declare(self, "out_bias", nn.initializers.zeros, (EMBED,), (D,), cfg).astype(dt)[None, None]
     return constrain(y_BQD, (BATCH, LENGTH, EMBED))
@@ -243,7 +245,7 @@ class Mlp(nn.Module):
     for i, act in enumerate(cfg.mlp_activations):
       name = f"wi_{i}" if cfg.gated else "wi"
       w = declare(self, name, kernel_init(cfg, distribution="truncated_normal"), (EMBED, MLP), (D, F), cfg)
-      h_BLF = jnp.einsum("bld,df->blf", x_BLD, w.astype(dt))
+      h_BLF = matmul(x_BLD, w.astype(dt))
       if bart:
         h_BLF = h_BLF + declare(self, name + "_bias", nn.initializers.zeros, (MLP,), (F,), cfg).astype(dt)[None, None]
       h_BLF = ACTIVATIONS[act](h_BLF)
@@ -252,7 +254,7 @@ class Mlp(nn.Module):
     if cfg.dropout_rate > 0 and not deterministic:
       hidden_BLF = nn.Dropout(cfg.dropout_rate)(hidden_BLF, deterministic=False)
     w_o = declare(self, "wo", kernel_init(cfg, distribution="truncated_normal"), (MLP, EMBED), (F, D), cfg)
-    y_BLD = jnp.einsum("blf,fd->bld", hidden_BLF, w_o.astype(dt))
+    y_BLD = matmul(hidden_BLF, w_o.astype(dt))
     if bart:
       y_BLD = y_BLD + declare(self, "wo_bias", nn.initializers.zeros, (EMBED,), (D,), cfg).astype(dt)[None, None]
     return constrain(y_BLD, (BATCH, LENGTH, EMBED))
@@ -274,7 +276,7 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, ids, axis=0).astype(self.config.activation_dtype)
 
   def attend(self, x_BLD: Array) -> Array:
-    return jnp.einsum("bld,vd->blv", x_BLD, self.embedding.astype(x_BLD.dtype))
+    return matmul(x_BLD, self.embedding.astype(x_BLD.dtype).T)
 
 
 def attention_mask(q_valid_BQ: Array, k_valid_BK: Array, q_seg_BQ: Optional[Array] = None,
