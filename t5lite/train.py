@@ -212,6 +212,8 @@ def train(model_dir: str = gin.REQUIRED,
   from t5lite.data import pipeline  # pylint: disable=g-import-not-at-top
   t5data.register_all()
   task = t5data.get_task_or_mixture(mixture_or_task_name)
+  from t5lite.inspect_task import check_lengths  # pylint: disable=g-import-not-at-top
+  check_lengths(mixture_or_task_name, task_feature_lengths)  # objective's targets must fit
   vocab = task.output_features["targets"].vocabulary
   if vocab.vocab_size > config.vocab_size:
     raise ValueError(f"{mixture_or_task_name!r}'s vocabulary has {vocab.vocab_size} ids but "

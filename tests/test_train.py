@@ -126,3 +126,9 @@ def test_vocab_larger_than_model_is_refused(capsys, tmp_path):
   err = _cli_error(capsys, ["train", "--gin_file=runs/demo.gin", f"--gin.MODEL_DIR='{tmp_path}'",
                             "--gin.Config.vocab_size=1000"])
   assert "Config.vocab_size is 1000" in err
+
+
+def test_targets_too_short_for_the_objective(capsys, tmp_path):
+  err = _cli_error(capsys, ["train", "--gin_file=runs/ul2_demo.gin", f"--gin.MODEL_DIR='{tmp_path}'",
+                            "--gin.TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 114}"])
+  assert "targets length 114 is too short for inputs 512" in err
