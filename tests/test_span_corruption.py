@@ -183,3 +183,13 @@ def test_packing():
   first = examples[0]["inputs"]
   np.testing.assert_array_equal(row_inputs[:len(first)], first)
   assert batch["encoder_positions"][0, len(first)] == 0 and batch["encoder_segment_ids"][0, len(first)] == 2
+
+
+def test_helper_lengths_hold_when_rounding_gives_no_span():
+  """Inputs 128 at mean span 64, density 0.15: round(19 / 64) = 0, but the mask makes 1 span; the
+  helper must count it, or the inputs overflow by one token and the last sentinel is cut."""
+  from t5lite.data.span_corruption import random_spans_helper as helper
+  tokens, targets = helper(128, 0.15, 64.0)
+  noise = round(tokens * 0.15)
+  assert (tokens - noise) + 1 + 1 == 128  # non-noise + one sentinel + EOS fill the inputs exactly
+  assert targets == noise + 1 + 1

@@ -29,9 +29,11 @@ def random_spans_helper(inputs_length: int, noise_density: float, mean_noise_spa
   """
 
   def lengths(tokens_length):
-    num_noise = int(round(tokens_length * noise_density))
+    # The same counts random_spans_noise_mask uses (at least one noise span, one non-noise token);
+    # t5's helper omits these bounds, which only matters for short inputs or long spans.
+    num_noise = min(max(int(round(tokens_length * noise_density)), 1), tokens_length - 1)
     num_nonnoise = tokens_length - num_noise
-    num_spans = int(round(num_noise / mean_noise_span_length))
+    num_spans = max(int(round(num_noise / mean_noise_span_length)), 1)
     return (num_nonnoise + num_spans * extra_tokens_per_span_inputs + 1,
             num_noise + num_spans * extra_tokens_per_span_targets + 1)
 
