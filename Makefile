@@ -31,8 +31,10 @@ test: setup-test
 	$(VENV)/bin/python -m pytest -q
 
 bench: setup-test
-	$(VENV)/bin/python benchmarks/bench_train.py
 	$(VENV)/bin/python benchmarks/bench_pipeline.py
+	$(VENV)/bin/python benchmarks/bench_objectives.py
+	$(VENV)/bin/python benchmarks/bench_train.py --models tiny,test,small --steps 3
+	$(VENV)/bin/python benchmarks/bench_decode.py
 
 clean:
 	rm -rf runs/demo
