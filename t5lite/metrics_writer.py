@@ -54,6 +54,10 @@ class MetricsWriter:
   def finish(self) -> None:
     if not self.enabled:
       return
+    for split, history in (("train", self._history), ("eval", self._eval_history)):
+      if history:
+        (s0, l0), (s1, l1) = history[0], history[-1]
+        print(f"t5lite: {split} loss {l0:.4f} at step {s0} -> {l1:.4f} at step {s1}", flush=True)
     for w in self._tb.values():
       w.flush()
     write_loss_curve(os.path.join(self.model_dir, "metrics.jsonl"),
