@@ -113,6 +113,29 @@ def _add_bias_bwd(_, d_BHQK):
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
+@jax.custom_vjp
+def softmax(x: Array) -> Array:
+  """jax.nn.softmax over the last axis, whose backward is y * (g - sum(g * y)) from y alone.
+
+  Autodiff of jax.nn.softmax differentiates exp(x - max) / sum: XLA:CPU then materialises a
+  broadcast [B, H, Q, K] of 1/sum in the forward and keeps exp and that broadcast as residuals
+  (two [B, H, Q, K] tensors instead of one); same values up to float rounding.
+  """
+  return jax.nn.softmax(x, axis=-1)
+
+
+def _softmax_fwd(x):
+  y = jax.nn.softmax(x, axis=-1)
+  return y, y
+
+
+def _softmax_bwd(y, g):
+  return (y * (g - jnp.sum(g * y, axis=-1, keepdims=True)),)
+
+
+softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
 class Norm(nn.Module):
   """T5: RMS norm (no mean, no bias). BART: LayerNorm with bias. Computed in float32."""
   config: Config
@@ -224,8 +247,11 @@ class Attention(nn.Module):
     if bias_1HQK is not None:
       logits_BHQK = add_bias(logits_BHQK, bias_1HQK.astype(jnp.float32))
     if mask_B1QK is not None:
-      logits_BHQK = jnp.where(mask_B1QK, logits_BHQK, jnp.finfo(jnp.float32).min)
-    weights_BHQK = jax.nn.softmax(logits_BHQK, axis=-1).astype(dt)
+      # An additive mask (0 or float32 min): min + logit rounds to min, so the softmax is the
+      # same as jnp.where(mask, logits, min)'s, and its backward needs no select over [B,H,Q,K].
+      mask_bias_B1QK = jnp.where(mask_B1QK, jnp.zeros((), jnp.float32), jnp.finfo(jnp.float32).min)
+      logits_BHQK = logits_BHQK + mask_bias_B1QK
+    weights_BHQK = softmax(logits_BHQK).astype(dt)
     if cfg.dropout_rate > 0 and not deterministic:
       weights_BHQK = nn.Dropout(cfg.dropout_rate)(weights_BHQK, deterministic=False)
     out_BQHK = jnp.einsum("bhqt,bthk->bqhk", weights_BHQK, v_BKHK)
