@@ -52,19 +52,8 @@ if [[ " ${XLA_FLAGS:-} " != *" --xla_gpu_enable_latency_hiding_scheduler"[=\ ]* 
 fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
 
-shquote() {  # shquote ARGS...: one line that a POSIX shell reads back as ARGS
-  local arg out=() q="'"
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-      out+=("$arg")
-    elif [[ "$arg" == *$'\n'* ]]; then
-      out+=("$(printf '%q' "$arg")")
-    else
-      out+=("$q${arg//$q/$q\\$q$q}$q")
-    fi
-  done
-  echo "${out[*]}"
-}
+# shellcheck source=launch/shquote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/shquote.sh"
 
 common_env=(XLA_FLAGS="$XLA_FLAGS" XLA_PYTHON_CLIENT_MEM_FRACTION="$XLA_PYTHON_CLIENT_MEM_FRACTION")
 

@@ -144,19 +144,8 @@ fi
 location=(--zone="$zone")
 [[ -z "$project" ]] || location+=(--project="$project")
 
-shquote() {  # shquote ARGS...: one line that a POSIX shell reads back as ARGS
-  local arg out=() q="'"
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-      out+=("$arg")
-    elif [[ "$arg" == *$'\n'* ]]; then
-      out+=("$(printf '%q' "$arg")")  # $'...': keeps the line single
-    else
-      out+=("$q${arg//$q/$q\\$q$q}$q")
-    fi
-  done
-  echo "${out[*]}"
-}
+# shellcheck source=launch/shquote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/shquote.sh"
 
 run() {  # run CMD...: print it (shell-quoted) with --dry-run, else run it
   if ((dry_run)); then
