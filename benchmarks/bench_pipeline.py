@@ -9,13 +9,10 @@ only span_corruption differs. Prints a markdown table of examples/s and noise st
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import pathlib
 import platform
-import sys
 import time
-import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -23,32 +20,19 @@ import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from t5lite.data import get_dataset, get_vocabulary, register_tasks, tasks  # noqa: E402
+from t5lite.data import get_dataset, get_vocabulary, peers, register_tasks, tasks  # noqa: E402
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 LENGTHS = {"inputs": 512, "targets": 114}
 
 
-def import_t5_preprocessors():
-  """t5.data.preprocessors without t5/__init__ (which pulls sklearn, sacrebleu, rouge, pandas)."""
-  if "t5.data.preprocessors" in sys.modules:
-    return sys.modules["t5.data.preprocessors"]
-  spec = importlib.util.find_spec("t5")
-  if spec is None:
-    raise SystemExit("the `t5` package is missing: .venv/bin/pip install --no-deps t5 babel")
-  root = os.path.dirname(spec.origin)
-  for name, path in (("t5", root), ("t5.data", os.path.join(root, "data"))):
-    if name not in sys.modules:
-      module = types.ModuleType(name)
-      module.__path__ = [path]
-      sys.modules[name] = module
-  return importlib.import_module("t5.data.preprocessors")
-
-
 def register(sample: str, vocab_path: str) -> dict[str, str]:
   register_tasks(vocabulary_path=vocab_path, c4_json_files=sample,
                  c4_json_validation_files=sample)
-  t5_pre = import_t5_preprocessors()
+  try:
+    t5_pre = peers.t5_preprocessors()
+  except ModuleNotFoundError as e:
+    raise SystemExit(str(e)) from e
   chain = tasks.span_corruption_preprocessors()
   chain[2] = t5_pre.span_corruption
   tasks.add_task("bench_t5_span_corruption", tasks.json_source(sample, sample),
