@@ -38,7 +38,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from t5lite import hf, optim, partitioning, train

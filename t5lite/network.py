@@ -5,7 +5,6 @@ Shapes: B batch, I encoder length, T decoder length, D embed, V vocab.
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import flax.linen as nn
 import jax

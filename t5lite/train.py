@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import time
@@ -13,7 +12,6 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from t5lite import checkpoints, losses, metrics_writer, optim, partitioning

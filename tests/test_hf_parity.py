@@ -1,6 +1,5 @@
 """t5lite vs HF transformers: logits parity (fp32) for T5 1.1, T5 1.0 and BART, conversion round
 trips, save/load folders, error messages, and T5 1.1 small/base parameter counts."""
-import json
 
 import flax.linen as nn
 import jax
