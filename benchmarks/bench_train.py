@@ -1,7 +1,8 @@
 """Train steps/s: t5lite's jitted train_step vs HF transformers' PyTorch T5, side by side (CPU).
 
-  python benchmarks/bench_train.py [--models tiny,small] [--steps 5] [--warmup 1]
-                                   [--frameworks t5lite,t5lite-bf16,torch] [--torch-init t5lite|hf]
+  python benchmarks/bench_train.py [--models tiny,small] [--steps 5] [--warmup 2]
+                                   [--frameworks t5lite,t5lite-bf16,torch,torch-bf16]
+                                   [--torch-init t5lite|hf]
 
 Models: "tiny" = REFERENCE.md's HF figure's tiny (d 256, 4 x 64 heads, gated d_ff 1024, 4+4
 layers); "test" = gin_configs/models/t5_1_1/tiny.gin (d 128, 4 x 32, d_ff 256, 2+2); "small" =
@@ -25,7 +26,8 @@ Timing: each framework first runs --warmup steps (t5lite's step is compiled ahea
 --steps rounds of one step per framework in turn (interleaved, so all see the same load on a
 shared machine), each step synchronous (block_until_ready / after optimizer.step()). s/step is
 the median; CPU s/step the median process CPU time of a step; "speed-up" is HF PyTorch's s/step
-over the row's; GFLOP/s = t5lite.config.flops_per_example x batch / (s/step).
+over the row's, for the same dtype (t5lite fp32 vs torch fp32, t5lite bf16 activations vs torch
+under torch.autocast("cpu", bfloat16); both keep fp32 parameters and optimizer state); GFLOP/s = t5lite.config.flops_per_example x batch / (s/step).
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ MODELS = {
     "small": Config(emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024, num_encoder_layers=8,
                     num_decoder_layers=8),
 }
-FRAMEWORKS = ("t5lite", "t5lite-bf16", "torch")
+FRAMEWORKS = ("t5lite", "t5lite-bf16", "torch", "torch-bf16")
 LR = 1e-3
 
 
@@ -111,8 +113,10 @@ def t5lite_runner(config: Config, batch_np: dict) -> tuple[Runner, dict]:
   return Runner(step, n_params, compile_s, losses), init_params
 
 
-def torch_runner(config: Config, batch_np: dict, init_params=None) -> Runner:
-  """HF T5ForConditionalGeneration; init_params: t5lite params to start from (None: HF's init)."""
+def torch_runner(config: Config, batch_np: dict, init_params=None, bf16: bool = False) -> Runner:
+  """HF T5ForConditionalGeneration; init_params: t5lite params to start from (None: HF's init);
+  bf16: forward under torch.autocast("cpu", bfloat16) (fp32 parameters and optimizer, as t5lite's
+  bf16 activations)."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count())
@@ -131,8 +135,9 @@ def torch_runner(config: Config, batch_np: dict, init_params=None) -> Runner:
 
   def step():
     opt.zero_grad(set_to_none=True)
-    out = model(input_ids=ids["encoder_input_tokens"],
-                decoder_input_ids=ids["decoder_input_tokens"], labels=ids["decoder_target_tokens"])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+      out = model(input_ids=ids["encoder_input_tokens"],
+                  decoder_input_ids=ids["decoder_input_tokens"], labels=ids["decoder_target_tokens"])
     out.loss.backward()
     opt.step()
     losses.append(out.loss.detach())
@@ -162,7 +167,8 @@ def main():
   parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                       help=f"comma list of {FRAMEWORKS}")
   parser.add_argument("--steps", type=int, default=5, help="timed steps per framework")
-  parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compile)")
+  parser.add_argument("--warmup", type=int, default=2,
+                      help="untimed steps first (compile; glibc's heap grows to its steady size)")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--inputs", type=int, default=512)
   parser.add_argument("--targets", type=int, default=114)
@@ -189,11 +195,12 @@ def main():
     flops = flops_per_example(config, args.inputs, args.targets) * args.batch
     runners, init_params = {}, None
     for fw in sorted(frameworks, key=lambda f: f != "t5lite"):  # t5lite fp32 first: its init
-      if fw == "torch":
+      if fw.startswith("torch"):
         if args.torch_init == "t5lite" and init_params is None:
           init_params = t5lite_runner(config.replace(dtype="float32"), batch_np)[1]
         runners[fw] = torch_runner(config.replace(dtype="float32"), batch_np,
-                                   init_params if args.torch_init == "t5lite" else None)
+                                   init_params if args.torch_init == "t5lite" else None,
+                                   bf16=fw == "torch-bf16")
       else:
         dtype = "bfloat16" if fw == "t5lite-bf16" else "float32"
         runners[fw], params = t5lite_runner(config.replace(dtype=dtype), batch_np)
@@ -207,13 +214,14 @@ def main():
     if len(counts) != 1:
       raise SystemExit(f"{name}: parameter counts differ: "
                        f"{ {fw: r.params for fw, r in runners.items()} }")
-    ref = statistics.median(runners["torch"].times) if "torch" in runners else None
+    refs = {dt: statistics.median(runners[fw].times)
+            for dt, fw in (("fp32", "torch"), ("bf16", "torch-bf16")) if fw in runners}
     for fw in frameworks:
       r = runners[fw]
       s = statistics.median(r.times)
-      label = "HF transformers (PyTorch)" if fw == "torch" else "t5lite (JAX)"
-      dtype = "bf16" if fw == "t5lite-bf16" else "fp32"
-      speedup = f"{ref / s:.2f}x" if ref else "-"
+      label = "HF transformers (PyTorch)" if fw.startswith("torch") else "t5lite (JAX)"
+      dtype = "bf16" if fw.endswith("-bf16") else "fp32"
+      speedup = f"{refs[dtype] / s:.2f}x" if dtype in refs else "-"
       rows.append(f"| T5 1.1 {name} | {r.params / 1e6:.1f}M | {label} | {dtype} | {s:.3f} | "
                   f"{1 / s:.3f} | {args.batch * args.targets / s:.0f} | {args.batch / s:.2f} | "
                   f"{flops / s / 1e9:.1f} | {speedup} | {min(r.times):.3f} | "
