@@ -2,7 +2,8 @@
 
 Both read the real C4 sample with the real T5 vocabulary through the same JSON source and seqio
 chain (rekey, tokenize, span_corruption, append_eos_after_trim, EncDecFeatureConverter(pack));
-only span_corruption differs. Prints a markdown table of examples/s and noise statistics.
+they differ in span_corruption (t5lite's own vs the `t5` package's) and tokenize (t5lite's
+tokenize_in_batches vs seqio.preprocessors.tokenize; the same ids). Prints a markdown table of examples/s and noise statistics.
 
   .venv/bin/python benchmarks/bench_pipeline.py [--batches 24] [--repeats 2]
 """
@@ -34,6 +35,7 @@ def register(sample: str, vocab_path: str) -> dict[str, str]:
   except ModuleNotFoundError as e:
     raise SystemExit(str(e)) from e
   chain = tasks.span_corruption_preprocessors()
+  chain[1] = seqio.preprocessors.tokenize  # the original: seqio's per-example tokenize
   chain[2] = t5_pre.span_corruption
   tasks.add_task("bench_t5_span_corruption", tasks.json_source(sample, sample),
                  get_vocabulary(vocab_path), chain)

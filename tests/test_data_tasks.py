@@ -34,6 +34,23 @@ def test_allenai_shard_reads_text_only(c4_allenai_shard):
   assert [d["text"].decode("utf-8") for d in docs] == [line["text"] for line in lines]
 
 
+def test_tokenize_in_batches_equals_seqio_tokenize(c4_sample, t5_vocab_path):
+  """Same keys, ids and order as seqio.preprocessors.tokenize on the real C4 sample (with a
+  batch size that leaves a partial last batch)."""
+  source = JsonLinesDataSource({"train": str(c4_sample)})
+  features = tasks.output_features(vocab.get_vocabulary(str(t5_vocab_path)))
+  rekeyed = seqio.preprocessors.rekey(source.get_dataset("train", shuffle=False).take(150),
+                                      key_map={"inputs": None, "targets": "text"})
+  ours = list(tasks.tokenize_in_batches(rekeyed, features, batch_size=64).as_numpy_iterator())
+  theirs = list(seqio.preprocessors.tokenize(rekeyed, features).as_numpy_iterator())
+  assert len(ours) == len(theirs) == 150
+  for a, b in zip(ours, theirs):
+    assert set(a) == set(b) == {"inputs", "targets", "inputs_pretokenized", "targets_pretokenized"}
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  assert len(theirs[0]["targets"]) > 10
+
+
 def test_missing_json_pattern_names_it(t5_vocab_path, tmp_path):
   pattern = str(tmp_path / "nothing-here.*.json.gz")
   tasks.register_tasks(vocabulary_path=str(t5_vocab_path), c4_json_files=pattern)

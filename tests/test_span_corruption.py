@@ -131,10 +131,12 @@ def test_c4_statistics_and_exact_recovery(c4_tasks):
 
 
 def test_identical_to_t5_span_corruption(c4_tasks, c4_sample):
-  """Same seqio seed -> the same examples as the `t5` package's span_corruption."""
+  """Same seqio seed -> the same examples as the original chain: seqio's tokenize and the `t5`
+  package's span_corruption."""
   t5_pre = _t5_preprocessors()
   names, vocab = c4_tasks
   chain = tasks.span_corruption_preprocessors()
+  chain[1] = seqio.preprocessors.tokenize
   chain[2] = t5_pre.span_corruption
   tasks.add_task("test_t5_peer", tasks.json_source(str(c4_sample)), vocab, chain)
   try:

@@ -59,29 +59,12 @@ T5_OBJECTIVES = {
 }
 
 
-def tokenize_in_batches(dataset, output_features, batch_size: int = 64):
-  """seqio.preprocessors.tokenize, but encoding batch_size texts per vocabulary call.
-
-  For vocabularies whose TF op is a Python call (GPT-2 BPE): one call per 64 documents runs
-  the `tokenizers` batch encoder instead of paying the per-call overhead 64 times. Same ids,
-  same order; no *_pretokenized copies (the objectives drop them anyway).
-  """
-
-  def encode(batch):
-    out = dict(batch)
-    for key, feature in output_features.items():
-      if key in batch and batch[key].dtype == tf.string:
-        out[key] = feature.vocabulary.encode_tf(batch[key])  # [batch, None] ragged
-    return out
-
-  return dataset.batch(batch_size).map(encode, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-
-
 def objective_preprocessors(objective: Callable, batched_tokenize: bool = False) -> list[Callable]:
   """rekey text->targets, tokenize, the objective, append_eos_after_trim (as span corruption)."""
   return [
       functools.partial(seqio.preprocessors.rekey, key_map={"inputs": None, "targets": "text"}),
-      tokenize_in_batches if batched_tokenize else seqio.preprocessors.tokenize,
+      functools.partial(tasks.tokenize_in_batches, copy_pretokenized=False)
+      if batched_tokenize else seqio.preprocessors.tokenize,
       objective,
       seqio.preprocessors.append_eos_after_trim,
   ]
