@@ -58,27 +58,34 @@ def kernel_init(config: Config, scale: float = 1.0, fan_in_axes: tuple = (0,),
   return init
 
 
-def _dot(x: Array, y: Array, dims=(((1,), (0,)), ((), ()))) -> Array:
+def _low_precision(x: Array) -> bool:
+  return x.dtype in (jnp.bfloat16, jnp.float16)
+
+
+def _dot(x: Array, y: Array, dims=(((1,), (0,)), ((), ())), float32_result: bool = False) -> Array:
   """lax.dot_general; for bfloat16/float16 operands it accumulates and returns float32 from the
-  kernel, then casts back. XLA:CPU runs bf16 x bf16 -> bf16 on a slow path (229 GFLOP/s here)
-  but bf16 x bf16 -> f32 on AMX/AVX-512 BF16 kernels (1,630 GFLOP/s); TPUs and GPUs accumulate
-  in float32 anyway."""
-  if x.dtype in (jnp.bfloat16, jnp.float16):
-    return jax.lax.dot_general(x, y, dims, preferred_element_type=jnp.float32).astype(x.dtype)
+  kernel, then casts back (unless float32_result). XLA:CPU runs bf16 x bf16 -> bf16 on a slow
+  path (229 GFLOP/s here) but bf16 x bf16 -> f32 on AMX/AVX-512 BF16 kernels (1,630 GFLOP/s);
+  TPUs and GPUs accumulate in float32 anyway."""
+  if _low_precision(x):
+    y = jax.lax.dot_general(x, y, dims, preferred_element_type=jnp.float32)
+    return y if float32_result else y.astype(x.dtype)
   return jax.lax.dot_general(x, y, dims)
 
 
-@jax.custom_vjp
-def _matmul_ND_DF(x_ND: Array, w_DF: Array) -> Array:
-  return _dot(x_ND, w_DF)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul_ND_DF(x_ND: Array, w_DF: Array, float32_result: bool) -> Array:
+  return _dot(x_ND, w_DF, float32_result=float32_result)
 
 
-def _matmul_fwd(x_ND, w_DF):
-  return _dot(x_ND, w_DF), (x_ND, w_DF)
+def _matmul_fwd(x_ND, w_DF, float32_result):
+  return _dot(x_ND, w_DF, float32_result=float32_result), (x_ND, w_DF)
 
 
-def _matmul_bwd(res, dy_NF):
+def _matmul_bwd(float32_result, res, dy_NF):
+  del float32_result
   x_ND, w_DF = res
+  dy_NF = dy_NF.astype(x_ND.dtype)  # a float32 result's cotangent, back to the operands' dtype
   dx_ND = _dot(dy_NF, w_DF, (((1,), (1,)), ((), ())))
   # The weight gradient x^T dy contracts dim 0 of both operands. For the LM head (dy is
   # [B*T, vocab], much bigger than x) XLA:CPU would transpose dy and run its slow fallback (Eigen)
@@ -96,12 +103,58 @@ def _matmul_bwd(res, dy_NF):
 _matmul_ND_DF.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def matmul(x_LD: Array, w_DF: Array) -> Array:
+def _lowp_einsum_fwd(spec, a, b):
+  return _lowp_einsum(spec, a, b), (a, b)
+
+
+def _lowp_product(x: tuple[str, Array], y: tuple[str, Array], out: str) -> Array:
+  """einsum of two (spec, operand) pairs, low-precision operands with a float32 result. The
+  operand whose first two indices are batch indices (in the other operand and the output) goes
+  first: XLA:CPU lowers the other order of e.g. "bqhk,bhqt->bthk" to a DotThunk that has no
+  bf16 x bf16 -> f32 kernel."""
+  def batch_leading(a, b):
+    return all(i in b[0] and i in out for i in a[0][:2])
+  if batch_leading(y, x) and not batch_leading(x, y):
+    x, y = y, x
+  return jnp.einsum(f"{x[0]},{y[0]}->{out}", x[1], y[1], preferred_element_type=jnp.float32)
+
+
+def _lowp_einsum_bwd(spec, res, g):
+  a, b = res
+  ins, out = spec.split("->")
+  sa, sb = ins.split(",")
+  g = g.astype(a.dtype)
+  da = _lowp_product((out, g), (sb, b), sa)
+  db = _lowp_product((out, g), (sa, a), sb)
+  return da.astype(a.dtype), db.astype(b.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _lowp_einsum(spec: str, a: Array, b: Array) -> Array:
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+_lowp_einsum.defvjp(_lowp_einsum_fwd, _lowp_einsum_bwd)
+
+
+def einsum(spec: str, a: Array, b: Array) -> Array:
+  """jnp.einsum of two operands with a float32 result. For bfloat16/float16 operands every
+  product, backward included, runs as low-precision operands with float32 accumulation (the
+  cotangent is cast to the operands' dtype, as torch.autocast does): XLA:CPU's fast AMX/AVX-512
+  BF16 path, where autodiff would otherwise run the backward in float32 (see _dot). Every index
+  of each operand must appear in the other operand or the output."""
+  if _low_precision(a) and b.dtype == a.dtype:
+    return _lowp_einsum(spec, a, b)
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def matmul(x_LD: Array, w_DF: Array, float32_result: bool = False) -> Array:
   """x [..., D] @ w [D, F] -> [..., F] as one 2-D product (leading dims flattened), with a
   backward whose weight gradient runs on XLA:CPU's fast matmul (see _matmul_bwd). Same values
-  as jnp.einsum("...d,df->...f") up to float summation order."""
+  as jnp.einsum("...d,df->...f") up to float summation order. Low-precision operands accumulate
+  in float32 (_dot); float32_result keeps that float32 result (the LM head's logits)."""
   lead = x_LD.shape[:-1]
-  y_NF = _matmul_ND_DF(x_LD.reshape((-1, x_LD.shape[-1])), w_DF)
+  y_NF = _matmul_ND_DF(x_LD.reshape((-1, x_LD.shape[-1])), w_DF, float32_result)
   return y_NF.reshape(lead + (w_DF.shape[-1],))
 
 
@@ -258,7 +311,7 @@ class Attention(nn.Module):
       elif decode:
         k_BKHK, v_BKHK = self._update_cache(k_BKHK, v_BKHK)
 
-    logits_BHQK = jnp.einsum("bqhk,bthk->bhqt", q_BQHK, k_BKHK, preferred_element_type=jnp.float32)
+    logits_BHQK = einsum("bqhk,bthk->bhqt", q_BQHK, k_BKHK)
     if bias_1HQK is not None:
       logits_BHQK = add_bias(logits_BHQK, bias_1HQK.astype(jnp.float32))
     if mask_B1QK is not None:
@@ -269,8 +322,7 @@ class Attention(nn.Module):
     weights_BHQK = softmax(logits_BHQK).astype(dt)
     if cfg.dropout_rate > 0 and not deterministic:
       weights_BHQK = nn.Dropout(cfg.dropout_rate)(weights_BHQK, deterministic=False)
-    out_BQHK = jnp.einsum("bhqt,bthk->bqhk", weights_BHQK, v_BKHK,
-                          preferred_element_type=jnp.float32).astype(dt)
+    out_BQHK = einsum("bhqt,bthk->bqhk", weights_BHQK, v_BKHK).astype(dt)
     out_BQF = out_BQHK.reshape(out_BQHK.shape[:2] + (H * K,))
     y_BQD = matmul(out_BQF, w_o.astype(dt).reshape((H * K, D)))
     if bart:
@@ -341,7 +393,8 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, ids, axis=0).astype(self.config.activation_dtype)
 
   def attend(self, x_BLD: Array) -> Array:
-    return matmul(x_BLD, self.embedding.astype(x_BLD.dtype).T)
+    """Tied logits [..., V], float32 (operands in x's dtype, float32 accumulation)."""
+    return matmul(x_BLD, self.embedding.astype(x_BLD.dtype).T, float32_result=True)
 
 
 def attention_mask(q_valid_BQ: Array, k_valid_BK: Array, q_seg_BQ: Optional[Array] = None,

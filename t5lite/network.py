@@ -158,11 +158,13 @@ class Decoder(nn.Module):
     if cfg.logits_via_embedding:
       if cfg.family == "t5":
         y_BTD = y_BTD * jnp.asarray(cfg.emb_dim ** -0.5, y_BTD.dtype)
-      logits_BTV = self.embedder.attend(y_BTD.astype(jnp.float32))
+      logits_BTV = self.embedder.attend(y_BTD)
     else:
       w = declare(self, "logits_dense", kernel_init(cfg), (EMBED, VOCAB),
                   (cfg.emb_dim, cfg.vocab_size), cfg)
-      logits_BTV = matmul(y_BTD.astype(jnp.float32), w.astype(jnp.float32))
+      # Operands in the activation dtype, float32 accumulation and result (torch.autocast's
+      # LM head; with float32 activations the same float32 product as before).
+      logits_BTV = matmul(y_BTD, w.astype(y_BTD.dtype), float32_result=True)
     if cfg.family == "bart":
       bias_V = declare(self, "final_logits_bias", nn.initializers.zeros, (VOCAB,),
                        (cfg.vocab_size,), cfg)

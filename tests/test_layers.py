@@ -48,6 +48,47 @@ def test_matmul_bf16_accumulates_in_float32(D, F):
     np.testing.assert_allclose(f32(got), want, rtol=2 ** -8, atol=1e-3)
 
 
+def test_matmul_float32_result_bf16():
+  """The LM head: bf16 operands, float32 logits; gradients come back in bf16 and match float32."""
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(2), 3)
+  x32, w32 = jax.random.normal(kx, (2, 6, 32)), jax.random.normal(kw, (32, 300))
+  g32 = jax.random.normal(kg, (2, 6, 300))
+  bf = lambda a: a.astype(jnp.bfloat16)
+  y, vjp = jax.vjp(lambda x, w: layers.matmul(x, w, float32_result=True), bf(x32), bf(w32))
+  assert y.dtype == jnp.float32
+  dx, dw = vjp(g32)
+  assert dx.dtype == dw.dtype == jnp.bfloat16
+  f32 = lambda a: a.astype(jnp.float32)
+  y_ref, vjp_ref = jax.vjp(_reference, f32(bf(x32)), f32(bf(w32)))
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-4)  # float32 accumulation, no rounding
+  for got, want in zip((dx, dw), vjp_ref(f32(bf(g32)))):
+    np.testing.assert_allclose(f32(got), want, rtol=2 ** -8, atol=1e-2)
+
+
+@pytest.mark.parametrize("spec,shapes", [
+    ("bqhk,bthk->bhqt", ((2, 5, 3, 8), (2, 7, 3, 8))),   # attention logits
+    ("bhqt,bthk->bqhk", ((2, 3, 5, 7), (2, 7, 3, 8))),   # attention-weighted values
+])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_einsum_matches_autodiff(spec, shapes, dtype):
+  """layers.einsum: float32 result; for bf16 a custom backward (bf16 operands, float32
+  accumulation) that matches float32 autodiff up to bf16 rounding; float32 is plain autodiff."""
+  ka, kb, kg = jax.random.split(jax.random.PRNGKey(3), 3)
+  a, b = (jax.random.normal(k, s).astype(dtype) for k, s in ((ka, shapes[0]), (kb, shapes[1])))
+  y, vjp = jax.jit(lambda a, b: jax.vjp(lambda a, b: layers.einsum(spec, a, b), a, b))(a, b)
+  assert y.dtype == jnp.float32
+  g = jax.random.normal(kg, y.shape)
+  da, db = vjp(g)
+  assert da.dtype == db.dtype == dtype
+  f32 = lambda t: t.astype(jnp.float32)
+  y_ref, vjp_ref = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), f32(a), f32(b))
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  g_ref = f32(g.astype(dtype))  # the bf16 backward rounds the cotangent first
+  tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2 ** -7, atol=2e-2)
+  for got, want in zip((da, db), vjp_ref(g_ref)):
+    np.testing.assert_allclose(f32(got), want, **tol)
+
+
 _FAULTS = """
 import resource, sys
 import t5lite, jax, jax.numpy as jnp
