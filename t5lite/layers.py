@@ -262,8 +262,12 @@ class RelativePositionBias(nn.Module):
     buckets_QK = relative_position_bucket(rel_QK, self.bidirectional,
                                           cfg.relative_attention_num_buckets,
                                           cfg.relative_attention_max_distance)
-    bias_QKH = jnp.take(table, buckets_QK, axis=0)
-    return jnp.transpose(bias_QKH, (2, 0, 1))[None].astype(cfg.activation_dtype)
+    # table^T times a one-hot of the buckets, rather than a gather: the [H, Q, K] result comes
+    # out in place (no [Q, K, H] -> [H, Q, K] transpose) and the table's gradient is a small
+    # GEMM instead of a transpose and a scatter-add over Q*K.
+    onehot_NQK = (buckets_QK[None] == jnp.arange(table.shape[0])[:, None, None]).astype(table.dtype)
+    bias_HQK = jnp.einsum("nh,nqk->hqk", table, onehot_NQK)
+    return bias_HQK[None].astype(cfg.activation_dtype)
 
 
 class Attention(nn.Module):
