@@ -22,9 +22,10 @@ the shared embedding (transformers 5 always ties T5's; T5 1.1's is separate) so 
 the same parameters (the counts are checked), in train() mode, with torch.optim.AdamW and
 torch.set_num_threads(cores).
 
-Timing: each framework first runs --warmup steps (t5lite's step is compiled ahead of time), then
---steps rounds of one step per framework in turn (interleaved, so all see the same load on a
-shared machine), each step synchronous (block_until_ready / after optimizer.step()). s/step is
+Timing: one dtype at a time (t5lite fp32 with torch fp32, then t5lite bf16 with torch bf16), each
+pair in the same process: each framework first runs --warmup steps (t5lite's step is compiled
+ahead of time), then --steps rounds of one step per framework in turn (interleaved, so both see
+the same load on a shared machine), each step synchronous (block_until_ready / after optimizer.step()). s/step is
 the median; CPU s/step the median process CPU time of a step; "speed-up" is HF PyTorch's s/step
 over the row's, for the same dtype (t5lite fp32 vs torch fp32, t5lite bf16 activations vs torch
 under torch.autocast("cpu", bfloat16); both keep fp32 parameters and optimizer state); GFLOP/s = t5lite.config.flops_per_example x batch / (s/step).
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import os
 import platform
 import resource
@@ -193,39 +195,47 @@ def main():
     config = MODELS[name]
     batch_np = random_batch(config, args.batch, args.inputs, args.targets)
     flops = flops_per_example(config, args.inputs, args.targets) * args.batch
-    runners, init_params = {}, None
-    for fw in sorted(frameworks, key=lambda f: f != "t5lite"):  # t5lite fp32 first: its init
-      if fw.startswith("torch"):
-        if args.torch_init == "t5lite" and init_params is None:
-          init_params = t5lite_runner(config.replace(dtype="float32"), batch_np)[1]
-        runners[fw] = torch_runner(config.replace(dtype="float32"), batch_np,
-                                   init_params if args.torch_init == "t5lite" else None,
-                                   bf16=fw == "torch-bf16")
-      else:
-        dtype = "bfloat16" if fw == "t5lite-bf16" else "float32"
-        runners[fw], params = t5lite_runner(config.replace(dtype=dtype), batch_np)
-        init_params = params if fw == "t5lite" else init_params
-    run_interleaved(runners, args.steps, args.warmup, args.pause)
-    for fw, r in runners.items():
-      print(f"# {name} {fw}: step times {', '.join(f'{t:.2f}' for t in r.times)} s; CPU s "
-            f"{', '.join(f'{t:.2f}' for t in r.cpu)}; losses "
-            f"{', '.join(f'{x:.4f}' for x in r.losses)}; load {os.getloadavg()[0]:.2f}", flush=True)
-    counts = {r.params for r in runners.values()}
-    if len(counts) != 1:
-      raise SystemExit(f"{name}: parameter counts differ: "
-                       f"{ {fw: r.params for fw, r in runners.items()} }")
-    refs = {dt: statistics.median(runners[fw].times)
-            for dt, fw in (("fp32", "torch"), ("bf16", "torch-bf16")) if fw in runners}
-    for fw in frameworks:
-      r = runners[fw]
-      s = statistics.median(r.times)
-      label = "HF transformers (PyTorch)" if fw.startswith("torch") else "t5lite (JAX)"
-      dtype = "bf16" if fw.endswith("-bf16") else "fp32"
-      speedup = f"{refs[dtype] / s:.2f}x" if dtype in refs else "-"
-      rows.append(f"| T5 1.1 {name} | {r.params / 1e6:.1f}M | {label} | {dtype} | {s:.3f} | "
-                  f"{1 / s:.3f} | {args.batch * args.targets / s:.0f} | {args.batch / s:.2f} | "
-                  f"{flops / s / 1e9:.1f} | {speedup} | {min(r.times):.3f} | "
-                  f"{statistics.median(r.cpu):.2f} | {r.compile_s:.1f} | {r.losses[-1]:.3f} |")
+    init_params = None
+    if args.torch_init == "t5lite" and any(fw.startswith("torch") for fw in frameworks):
+      init_params = t5lite_runner(config.replace(dtype="float32"), batch_np)[1]
+    # One dtype at a time: a framework pair (t5lite, torch) interleaved in one process, then
+    # freed. With all four alive at once the process's heap churns between them (more page
+    # faults in whichever runs after the others) and every step gets slower.
+    for group in (("t5lite", "torch"), ("t5lite-bf16", "torch-bf16")):
+      group = [fw for fw in group if fw in frameworks]
+      if not group:
+        continue
+      runners = {}
+      for fw in group:
+        if fw.startswith("torch"):
+          runners[fw] = torch_runner(config.replace(dtype="float32"), batch_np, init_params,
+                                     bf16=fw == "torch-bf16")
+        else:
+          dtype = "bfloat16" if fw == "t5lite-bf16" else "float32"
+          runners[fw] = t5lite_runner(config.replace(dtype=dtype), batch_np)[0]
+      run_interleaved(runners, args.steps, args.warmup, args.pause)
+      for fw, r in runners.items():
+        print(f"# {name} {fw}: step times {', '.join(f'{t:.2f}' for t in r.times)} s; CPU s "
+              f"{', '.join(f'{t:.2f}' for t in r.cpu)}; losses "
+              f"{', '.join(f'{x:.4f}' for x in r.losses)}; load {os.getloadavg()[0]:.2f}",
+              flush=True)
+      counts = {r.params for r in runners.values()}
+      if len(counts) != 1:
+        raise SystemExit(f"{name}: parameter counts differ: "
+                         f"{ {fw: r.params for fw, r in runners.items()} }")
+      ref = next((statistics.median(r.times) for fw, r in runners.items()
+                  if fw.startswith("torch")), None)
+      for fw, r in runners.items():
+        s = statistics.median(r.times)
+        label = "HF transformers (PyTorch)" if fw.startswith("torch") else "t5lite (JAX)"
+        dtype = "bf16" if fw.endswith("-bf16") else "fp32"
+        speedup = f"{ref / s:.2f}x" if ref else "-"
+        rows.append(f"| T5 1.1 {name} | {r.params / 1e6:.1f}M | {label} | {dtype} | {s:.3f} | "
+                    f"{1 / s:.3f} | {args.batch * args.targets / s:.0f} | {args.batch / s:.2f} | "
+                    f"{flops / s / 1e9:.1f} | {speedup} | {min(r.times):.3f} | "
+                    f"{statistics.median(r.cpu):.2f} | {r.compile_s:.1f} | {r.losses[-1]:.3f} |")
+      del runners
+      gc.collect()
   print(f"# load average at the end {os.getloadavg()[0]:.2f}")
   print(header)
   print("|" + "---|" * (header.count("|") - 1))
