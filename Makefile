@@ -31,9 +31,9 @@ test: setup-test
 	$(VENV)/bin/python -m pytest -q
 
 bench: setup-test
-	$(VENV)/bin/python benchmarks/bench_pipeline.py
+	$(VENV)/bin/python benchmarks/bench_pipeline.py --batches 12 --repeats 4
 	$(VENV)/bin/python benchmarks/bench_objectives.py
-	$(VENV)/bin/python benchmarks/bench_train.py --models tiny,test,small --steps 3
+	$(VENV)/bin/python benchmarks/bench_train.py --models tiny,test,small --steps 5 --warmup 3
 	$(VENV)/bin/python benchmarks/bench_decode.py
 
 clean:
