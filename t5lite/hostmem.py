@@ -12,7 +12,8 @@ benchmarks/RESULTS_train.md.
 
 `reuse_freed_memory()` runs when `t5lite` is first imported. It must run before any second thread
 calls malloc (glibc fixes its arena limit then), which holds for `import t5lite` before jax
-creates its CPU client. Set T5LITE_MALLOC=default to leave glibc's defaults alone.
+creates its CPU client. Set T5LITE_MALLOC=default to leave glibc's defaults alone
+(T5LITE_MALLOC=reuse, or unset, applies them).
 """
 from __future__ import annotations
 
@@ -31,7 +32,11 @@ def reuse_freed_memory() -> bool:
   global applied
   if applied:
     return True
-  if not sys.platform.startswith("linux") or os.environ.get("T5LITE_MALLOC") == "default":
+  choice = os.environ.get("T5LITE_MALLOC", "reuse")
+  if choice not in ("reuse", "default"):
+    raise ValueError(f"T5LITE_MALLOC={choice!r}: expected 'reuse' (keep freed memory, the "
+                     f"default) or 'default' (glibc's own malloc settings)")
+  if not sys.platform.startswith("linux") or choice == "default":
     return False
   try:
     libc = ctypes.CDLL(None)

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 
 from t5lite.config import Config
 from t5lite.layers import (BATCH, EMBED, LENGTH, VOCAB, Attention, Embed, Mlp, Norm,
-                           RelativePositionBias, attention_mask, constrain, declare, kernel_init,
-                           matmul)
+                           RelativePositionBias, attention_mask, constrain, declare, kernel_init)
+from t5lite.ops import matmul
 
 Array = jax.Array
 BART_POSITION_OFFSET = 2  # HF/fairseq BartLearnedPositionalEmbedding

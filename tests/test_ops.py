@@ -1,14 +1,10 @@
-"""layers.matmul (custom VJP) against plain autodiff, and hostmem's reuse of freed memory."""
-import os
-import subprocess
-import sys
-
+"""t5lite.ops: the custom-VJP products against plain autodiff, and einsum's spec errors."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5lite import layers
+from t5lite import ops
 
 
 def _reference(x, w):
@@ -21,7 +17,7 @@ def test_matmul_matches_autodiff_fp32(D, F):
   x = jax.random.normal(kx, (3, 5, D))
   w = jax.random.normal(kw, (D, F))
   g = jax.random.normal(kg, (3, 5, F))
-  y, vjp = jax.vjp(layers.matmul, x, w)
+  y, vjp = jax.vjp(ops.matmul, x, w)
   y_ref, vjp_ref = jax.vjp(_reference, x, w)
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
   for got, want in zip(vjp(g), vjp_ref(g)):
@@ -37,7 +33,7 @@ def test_matmul_bf16_accumulates_in_float32(D, F):
   w32 = jax.random.normal(kw, (D, F))
   g32 = jax.random.normal(kg, (2, 7, F))
   x, w, g = (a.astype(jnp.bfloat16) for a in (x32, w32, g32))
-  y, vjp = jax.vjp(layers.matmul, x, w)
+  y, vjp = jax.vjp(ops.matmul, x, w)
   dx, dw = vjp(g)
   assert y.dtype == dx.dtype == dw.dtype == jnp.bfloat16
   f32 = lambda a: a.astype(jnp.float32)
@@ -54,7 +50,7 @@ def test_matmul_float32_result_bf16():
   x32, w32 = jax.random.normal(kx, (2, 6, 32)), jax.random.normal(kw, (32, 300))
   g32 = jax.random.normal(kg, (2, 6, 300))
   bf = lambda a: a.astype(jnp.bfloat16)
-  y, vjp = jax.vjp(lambda x, w: layers.matmul(x, w, float32_result=True), bf(x32), bf(w32))
+  y, vjp = jax.vjp(lambda x, w: ops.matmul(x, w, float32_result=True), bf(x32), bf(w32))
   assert y.dtype == jnp.float32
   dx, dw = vjp(g32)
   assert dx.dtype == dw.dtype == jnp.bfloat16
@@ -71,11 +67,11 @@ def test_matmul_float32_result_bf16():
 ])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_einsum_matches_autodiff(spec, shapes, dtype):
-  """layers.einsum: float32 result; for bf16 a custom backward (bf16 operands, float32
+  """ops.einsum: float32 result; for bf16 a custom backward (bf16 operands, float32
   accumulation) that matches float32 autodiff up to bf16 rounding; float32 is plain autodiff."""
   ka, kb, kg = jax.random.split(jax.random.PRNGKey(3), 3)
   a, b = (jax.random.normal(k, s).astype(dtype) for k, s in ((ka, shapes[0]), (kb, shapes[1])))
-  y, vjp = jax.jit(lambda a, b: jax.vjp(lambda a, b: layers.einsum(spec, a, b), a, b))(a, b)
+  y, vjp = jax.jit(lambda a, b: jax.vjp(lambda a, b: ops.einsum(spec, a, b), a, b))(a, b)
   assert y.dtype == jnp.float32
   g = jax.random.normal(kg, y.shape)
   da, db = vjp(g)
@@ -89,33 +85,13 @@ def test_einsum_matches_autodiff(spec, shapes, dtype):
     np.testing.assert_allclose(f32(got), want, **tol)
 
 
-_FAULTS = """
-import resource, sys
-import t5lite, jax, jax.numpy as jnp
-f = jax.jit(lambda x: (jnp.sin(x) @ jnp.cos(x)).sum())  # two 64 MB temporaries per call
-x = jnp.ones((4096, 4096), jnp.float32)
-for _ in range(3):
-    f(x).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    f(x).block_until_ready()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, t5lite.hostmem.applied)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
-def test_hostmem_reuses_freed_memory():
-  """XLA:CPU's per-call temporary buffers come back without page faults once t5lite is imported;
-  with T5LITE_MALLOC=default (glibc's own settings) every call faults them in again."""
-  def faults(env_extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "T5LITE_MALLOC")}
-    env.update(env_extra, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True,
-                         check=True, timeout=300).stdout.split()
-    return int(out[0]), out[1] == "True"
-  tuned, applied = faults({})
-  default, not_applied = faults({"T5LITE_MALLOC": "default"})
-  assert applied and not not_applied
-  pages = 2 * 4096 * 4096 * 4 // 4096  # the two temporaries, in 4 KiB pages, per call
-  assert default > 2 * pages, (tuned, default)  # >= 3 calls' worth of fresh pages without tuning
-  assert tuned * 20 < default, (tuned, default)  # measured: ~16k against ~3.2M
+@pytest.mark.parametrize("spec,message", [
+    ("bqhk,bthk", "must be explicit with two operands"),
+    ("bqhk->bhq", "must be explicit with two operands"),
+    ("bqhkx,bthk->bhqt", "index x of 'bqhkx' is in neither"),
+])
+def test_einsum_bad_spec_is_named(spec, message):
+  a = jnp.ones((2, 3, 4, 5), jnp.bfloat16)
+  with pytest.raises(ValueError, match=message) as err:
+    ops.einsum(spec, a, a)
+  assert repr(spec) in str(err.value)
