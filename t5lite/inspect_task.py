@@ -282,13 +282,6 @@ def _format_summary(s: dict, indent: str) -> list[str]:
       f"{_fmt(s['mean_span_length'], '.2f')}"]
 
 
-def _unknown(name: str) -> str:
-  import seqio  # pylint: disable=g-import-not-at-top
-  return (f"t5lite inspect: unknown task or mixture {name!r}\nregistered mixtures:\n  " +
-          "\n  ".join(sorted(seqio.MixtureRegistry.names())) + "\nregistered tasks:\n  " +
-          "\n  ".join(sorted(seqio.TaskRegistry.names())))
-
-
 def cli(argv: Sequence[str]) -> int:
   """`t5lite inspect TASK_OR_MIXTURE [options]` (argv after `inspect`)."""
   from t5lite import main  # pylint: disable=g-import-not-at-top
@@ -313,14 +306,15 @@ def cli(argv: Sequence[str]) -> int:
   rest, bindings = main.split_gin_overrides(argv)
   args = parser.parse_args(rest)
   main.parse_gin(args, bindings)
-  import seqio  # pylint: disable=g-import-not-at-top
   import t5lite.data  # pylint: disable=g-import-not-at-top
   t5lite.data.register_all()
   name = args.name or _gin_macro("MIXTURE_OR_TASK_NAME")
   if not name:
     parser.error("give a task or mixture name (or a gin file that sets MIXTURE_OR_TASK_NAME)")
-  if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
-    print(_unknown(name), file=sys.stderr)
+  try:
+    t5lite.data.get_task_or_mixture(name)  # an unknown name lists the registered ones
+  except ValueError as e:
+    print(f"t5lite inspect: {e}", file=sys.stderr)
     return 2
   bound = _gin_macro("TASK_FEATURE_LENGTHS") or {}
   inputs_length = args.inputs_length or bound.get("inputs") or 512
