@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5lite.config import Config
-from t5lite.ops import add_bias, einsum, matmul, softmax
+from t5lite.ops import add_bias, einsum, matmul, project, softmax
 
 Array = jax.Array
 Initializer = Callable
@@ -146,7 +146,11 @@ class Attention(nn.Module):
     w_k = declare(self, "key", kernel_init(cfg), (EMBED, HEADS, KV), (D, H, K), cfg)
     w_v = declare(self, "value", kernel_init(cfg), (EMBED, HEADS, KV), (D, H, K), cfg)
     w_o = declare(self, "out", kernel_init(cfg, fan_in_axes=(0, 1)), (HEADS, KV, EMBED), (H, K, D), cfg)
-    q_BQHK = matmul(x_BQD, w_q.astype(dt).reshape((D, H * K))).reshape(x_BQD.shape[:2] + (H, K))
+    fuse_qkv = kv_BKD is x_BQD  # self-attention: q, k, v from one product with [D, H, 3, K]
+    if fuse_qkv:
+      q_BQHK, k_BKHK, v_BKHK = project(x_BQD, (w_q, w_k, w_v), dt)
+    else:
+      q_BQHK, = project(x_BQD, (w_q,), dt)
     if bart:
       zeros = nn.initializers.zeros
       b_q, b_k, b_v = (declare(self, f"{n}_bias", zeros, (HEADS, KV), (H, K), cfg).astype(dt)[None, None]
@@ -159,9 +163,8 @@ class Attention(nn.Module):
       k_BKHK = self.get_variable("cache", "cross_key")
       v_BKHK = self.get_variable("cache", "cross_value")
     else:
-      kv_shape = kv_BKD.shape[:2] + (H, K)
-      k_BKHK = matmul(kv_BKD, w_k.astype(dt).reshape((D, H * K))).reshape(kv_shape)
-      v_BKHK = matmul(kv_BKD, w_v.astype(dt).reshape((D, H * K))).reshape(kv_shape)
+      if not fuse_qkv:
+        k_BKHK, v_BKHK = project(kv_BKD, (w_k, w_v), dt)
       if bart:
         k_BKHK, v_BKHK = k_BKHK + b_k, v_BKHK + b_v
       k_BKHK = constrain(k_BKHK, (BATCH, LENGTH, HEADS, KV))

@@ -1,4 +1,6 @@
 """t5lite.ops: the custom-VJP products against plain autodiff, and einsum's spec errors."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,3 +97,26 @@ def test_einsum_bad_spec_is_named(spec, message):
   with pytest.raises(ValueError, match=message) as err:
     ops.einsum(spec, a, a)
   assert repr(spec) in str(err.value)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_project_equals_one_product_per_weight(n):
+  """ops.project stacks the weights into one product; values and gradients equal n einsums."""
+  keys = jax.random.split(jax.random.PRNGKey(3), 2 * n + 1)
+  x = jax.random.normal(keys[0], (2, 5, 16))
+  ws = tuple(jax.random.normal(k, (16, 3, 4)) for k in keys[1:n + 1])
+  gs = tuple(jax.random.normal(k, (2, 5, 3, 4)) for k in keys[n + 1:])
+
+  def loss(f, x, ws):
+    return sum(jnp.sum(y * g) for y, g in zip(f(x, ws), gs))
+
+  fused = lambda x, ws: ops.project(x, ws, jnp.float32)
+  separate = lambda x, ws: tuple(jnp.einsum("bld,dhk->blhk", x, w) for w in ws)
+  for got, want in zip(fused(x, ws), separate(x, ws)):
+    assert got.shape == want.shape == (2, 5, 3, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  (dx, dws), (dx_ref, dws_ref) = (jax.grad(functools.partial(loss, f), argnums=(0, 1))(x, ws)
+                                  for f in (fused, separate))
+  np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-4)
+  for got, want in zip(dws, dws_ref):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
