@@ -148,8 +148,26 @@ def project(x_BLD: Array, weights_DHK: tuple, dt) -> tuple:
   n = len(weights_DHK)
   w = weights_DHK[0][:, :, None] if n == 1 else jnp.stack(weights_DHK, axis=2)
   y = matmul(x_BLD, w.astype(dt).reshape((D, H * n * K)))
-  y_BLHnK = y.reshape(x_BLD.shape[:2] + (H, n, K))
-  return tuple(y_BLHnK[:, :, :, i] for i in range(n))
+  return _unstack3(y.reshape(x_BLD.shape[:2] + (H, n, K)))
+
+
+@jax.custom_vjp
+def _unstack3(y_BLHnK: Array) -> tuple:
+  """The n [B, L, H, K] slices of axis 3, whose backward stacks the n cotangents (autodiff pads
+  each slice's cotangent to the full shape and adds them: in bf16 a 29 ms loop per layer on T5
+  1.1 small's encoder, against a copy)."""
+  return tuple(y_BLHnK[:, :, :, i] for i in range(y_BLHnK.shape[3]))
+
+
+def _unstack3_fwd(y_BLHnK):
+  return _unstack3(y_BLHnK), None
+
+
+def _unstack3_bwd(_, gs):
+  return (jnp.stack(gs, axis=3),)
+
+
+_unstack3.defvjp(_unstack3_fwd, _unstack3_bwd)
 
 
 @jax.custom_vjp
