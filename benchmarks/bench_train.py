@@ -2,7 +2,7 @@
 
   python benchmarks/bench_train.py [--models tiny,small] [--steps 5] [--warmup 2]
                                    [--frameworks t5lite,t5lite-bf16,torch,torch-bf16]
-                                   [--torch-init t5lite|hf]
+                                   [--torch-init t5lite|hf] [--same-process]
 
 Models: "tiny" = REFERENCE.md's HF figure's tiny (d 256, 4 x 64 heads, gated d_ff 1024, 4+4
 layers); "test" = gin_configs/models/t5_1_1/tiny.gin (d 128, 4 x 32, d_ff 256, 2+2); "small" =
@@ -22,19 +22,26 @@ the shared embedding (transformers 5 always ties T5's; T5 1.1's is separate) so 
 the same parameters (the counts are checked), in train() mode, with torch.optim.AdamW and
 torch.set_num_threads(cores).
 
-Timing: one dtype at a time (t5lite fp32 with torch fp32, then t5lite bf16 with torch bf16), each
-pair in the same process: each framework first runs --warmup steps (t5lite's step is compiled
-ahead of time), then --steps rounds of one step per framework in turn (interleaved, so both see
-the same load on a shared machine), each step synchronous (block_until_ready / after optimizer.step()). s/step is
-the median; CPU s/step the median process CPU time of a step; "speed-up" is HF PyTorch's s/step
-over the row's, for the same dtype (t5lite fp32 vs torch fp32, t5lite bf16 activations vs torch
-under torch.autocast("cpu", bfloat16); both keep fp32 parameters and optimizer state); GFLOP/s = t5lite.config.flops_per_example x batch / (s/step).
+Timing: one dtype at a time (t5lite fp32 with torch fp32, then t5lite bf16 with torch bf16).
+Each framework runs in a spawned process of its own (--same-process: both in this one), as it
+would run alone: in one process the two frameworks share glibc's heap and each one's allocations
+between the other's steps cost page faults (t5lite's first 3-5 steps after torch's were 10-50%
+slower). Both processes import t5lite, so both get t5lite.hostmem's malloc settings (torch gains
+from them too). Each framework first runs --warmup steps (t5lite's step is compiled ahead of
+time), then --steps rounds of one step per framework in turn (interleaved, so both see the same
+load on a shared machine; --pause idle seconds before each), each step synchronous
+(block_until_ready / after optimizer.step()) and timed in its own process. s/step is the
+median; CPU s/step the median process CPU time of a step; "speed-up" is HF PyTorch's s/step over
+the row's, for the same dtype (t5lite fp32 vs torch fp32, t5lite bf16 activations vs torch under
+torch.autocast("cpu", bfloat16); both keep fp32 parameters and optimizer state); GFLOP/s =
+t5lite.config.flops_per_example x batch / (s/step).
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import gc
+import multiprocessing
 import os
 import platform
 import resource
@@ -75,15 +82,84 @@ def _cpu_seconds() -> float:
 
 
 class Runner:
-  """One framework's training loop: `step()` runs one synchronous step and records its loss."""
+  """One framework's training loop: `step()` runs one synchronous step and records its loss;
+  `timed_step()` also returns its (wall, process CPU) seconds."""
 
   def __init__(self, step, params: int, compile_s: float, losses: list):
     self.step, self.params, self.compile_s, self._losses = step, params, compile_s, losses
     self.times, self.cpu = [], []
 
+  def timed_step(self) -> tuple[float, float]:
+    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    self.step()
+    return time.perf_counter() - t0, _cpu_seconds() - cpu0
+
   @property
   def losses(self) -> list[float]:
     return [float(x) for x in self._losses]
+
+  def close(self) -> None:
+    pass
+
+
+def make_runner(fw: str, config: Config, batch_np: dict, init_params=None) -> Runner:
+  if fw.startswith("torch"):
+    return torch_runner(config.replace(dtype="float32"), batch_np, init_params,
+                        bf16=fw == "torch-bf16")
+  dtype = "bfloat16" if fw == "t5lite-bf16" else "float32"
+  return t5lite_runner(config.replace(dtype=dtype), batch_np)[0]
+
+
+def _worker(conn, fw: str, config: Config, batch_np: dict, init_params) -> None:
+  """A framework in a process of its own (--isolate): builds its runner, then runs the parent's
+  commands ("step", "timed", "losses", "quit") one at a time."""
+  runner = make_runner(fw, config, batch_np, init_params)
+  del init_params
+  conn.send((runner.params, runner.compile_s))
+  while True:
+    cmd = conn.recv()
+    if cmd == "step":
+      runner.step()
+      conn.send(None)
+    elif cmd == "timed":
+      conn.send(runner.timed_step())
+    elif cmd == "losses":
+      conn.send(runner.losses)
+    else:
+      conn.close()
+      return
+
+
+class ProcessRunner(Runner):
+  """A Runner whose framework lives in a child process (spawned, so it starts clean: its own
+  heap and threads, as when the framework runs alone). Steps are timed in the child."""
+
+  def __init__(self, fw: str, config: Config, batch_np: dict, init_params=None):
+    ctx = multiprocessing.get_context("spawn")
+    self._conn, child = ctx.Pipe()
+    self._proc = ctx.Process(target=_worker, args=(child, fw, config, batch_np, init_params),
+                             daemon=True)
+    self._proc.start()
+    child.close()
+    params, compile_s = self._conn.recv()
+    super().__init__(self._step, params, compile_s, [])
+
+  def _step(self):
+    self._conn.send("step")
+    self._conn.recv()
+
+  def timed_step(self) -> tuple[float, float]:
+    self._conn.send("timed")
+    return self._conn.recv()
+
+  @property
+  def losses(self) -> list[float]:
+    self._conn.send("losses")
+    return self._conn.recv()
+
+  def close(self) -> None:
+    self._conn.send("quit")
+    self._proc.join(timeout=60)
 
 
 def t5lite_runner(config: Config, batch_np: dict) -> tuple[Runner, dict]:
@@ -157,10 +233,9 @@ def run_interleaved(runners: dict[str, Runner], steps: int, warmup: int, pause: 
   for _ in range(steps):
     for runner in runners.values():
       time.sleep(pause)
-      cpu0, t0 = _cpu_seconds(), time.perf_counter()
-      runner.step()
-      runner.times.append(time.perf_counter() - t0)
-      runner.cpu.append(_cpu_seconds() - cpu0)
+      wall, cpu = runner.timed_step()
+      runner.times.append(wall)
+      runner.cpu.append(cpu)
 
 
 def main():
@@ -175,6 +250,9 @@ def main():
   parser.add_argument("--inputs", type=int, default=512)
   parser.add_argument("--targets", type=int, default=114)
   parser.add_argument("--pause", type=float, default=0.5, help="idle seconds before each step")
+  parser.add_argument("--same-process", action="store_true",
+                      help="run the frameworks in this process (sharing one heap) instead of one "
+                           "spawned process each")
   parser.add_argument("--torch-init", choices=("t5lite", "hf"), default="t5lite",
                       help="HF model's initial weights: t5lite's (equal to t5lite's run) or HF's")
   args = parser.parse_args()
@@ -186,7 +264,9 @@ def main():
   print(f"# {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}; "
         f"batch {args.batch}, inputs {args.inputs}, targets {args.targets}, AdamW; "
-        f"{args.warmup} warm-up + {args.steps} timed steps each, interleaved; load {os.getloadavg()[0]:.2f}",
+        f"{args.warmup} warm-up + {args.steps} timed steps each, interleaved, "
+        f"{'one process' if args.same_process else 'one process per framework'}; "
+        f"load {os.getloadavg()[0]:.2f}",
         flush=True)
   header = ("| model | params | framework | dtype | s/step | steps/s | target tokens/s | "
             "examples/s | GFLOP/s | speed-up | min s/step | CPU s/step | compile s | last loss |")
@@ -207,12 +287,9 @@ def main():
         continue
       runners = {}
       for fw in group:
-        if fw.startswith("torch"):
-          runners[fw] = torch_runner(config.replace(dtype="float32"), batch_np, init_params,
-                                     bf16=fw == "torch-bf16")
-        else:
-          dtype = "bfloat16" if fw == "t5lite-bf16" else "float32"
-          runners[fw] = t5lite_runner(config.replace(dtype=dtype), batch_np)[0]
+        init = init_params if fw.startswith("torch") else None
+        runners[fw] = (make_runner(fw, config, batch_np, init) if args.same_process
+                       else ProcessRunner(fw, config, batch_np, init))
       run_interleaved(runners, args.steps, args.warmup, args.pause)
       for fw, r in runners.items():
         print(f"# {name} {fw}: step times {', '.join(f'{t:.2f}' for t in r.times)} s; CPU s "
@@ -234,6 +311,8 @@ def main():
                     f"{1 / s:.3f} | {args.batch * args.targets / s:.0f} | {args.batch / s:.2f} | "
                     f"{flops / s / 1e9:.1f} | {speedup} | {min(r.times):.3f} | "
                     f"{statistics.median(r.cpu):.2f} | {r.compile_s:.1f} | {r.losses[-1]:.3f} |")
+      for r in runners.values():
+        r.close()
       del runners
       gc.collect()
   print(f"# load average at the end {os.getloadavg()[0]:.2f}")
