@@ -141,8 +141,9 @@ def project(x_BLD: Array, weights_DHK: tuple, dt) -> tuple:
   weight keeps a plain tiled sharding through the reshape to [D, H*n*K].
 
   One wide GEMM instead of n narrow ones, forward and backward: T5 1.1 small's q/k/v (three
-  N = 384 products) 48 -> 43 ms forward + backward alone, train step -1% (A/B, 10 steps;
-  benchmarks/RESULTS_train.md); on a (1, 8) mesh the step has 56 collective-permutes, not 96.
+  N = 384 products) 48 -> 43 ms forward + backward alone; train step -1% in fp32 (A/B, 10 steps)
+  and in bf16 (6 steps; benchmarks/RESULTS_train.md); on a (1, 8) mesh the step has 56
+  collective-permutes, not 96.
   """
   D, H, K = weights_DHK[0].shape
   n = len(weights_DHK)
