@@ -1,4 +1,5 @@
 """t5lite.ops: the custom-VJP products against plain autodiff, and einsum's spec errors."""
+import contextlib
 import functools
 
 import jax
@@ -27,16 +28,27 @@ def test_matmul_matches_autodiff_fp32(D, F):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("one_device", [False, True])
 @pytest.mark.parametrize("D,F", [(64, 48), (16, 256)])
-def test_matmul_bf16_accumulates_in_float32(D, F):
-  """bf16 operands give bf16 results and gradients equal to the float32 product rounded once."""
+def test_matmul_bf16_accumulates_in_float32(D, F, one_device):
+  """bf16 operands give bf16 results and gradients equal to the float32 product rounded once.
+  one_device: traced under a 1-device mesh, where the weight gradient takes the row-major x^T
+  copy (_row_major_transpose: the flattened [7*2*D] array behind a barrier in the jaxpr)."""
   kx, kw, kg = jax.random.split(jax.random.PRNGKey(1), 3)
   x32 = jax.random.normal(kx, (2, 7, D))
   w32 = jax.random.normal(kw, (D, F))
   g32 = jax.random.normal(kg, (2, 7, F))
   x, w, g = (a.astype(jnp.bfloat16) for a in (x32, w32, g32))
-  y, vjp = jax.vjp(ops.matmul, x, w)
-  dx, dw = vjp(g)
+
+  def forward_backward(x, w, g):
+    y, vjp = jax.vjp(ops.matmul, x, w)
+    return (y,) + vjp(g)
+
+  mesh = jax.make_mesh((1, 1), ("data", "model"), devices=jax.devices()[:1])
+  with jax.set_mesh(mesh) if one_device else contextlib.nullcontext():
+    jaxpr = str(jax.make_jaxpr(forward_backward)(x, w, g))
+    y, dx, dw = jax.jit(forward_backward)(x, w, g)
+  assert (f"bf16[{2 * 7 * D}]" in jaxpr) == one_device
   assert y.dtype == dx.dtype == dw.dtype == jnp.bfloat16
   f32 = lambda a: a.astype(jnp.float32)
   y_ref, vjp_ref = jax.vjp(_reference, f32(x), f32(w))
