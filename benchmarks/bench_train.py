@@ -111,8 +111,8 @@ def make_runner(fw: str, config: Config, batch_np: dict, init_params=None) -> Ru
 
 
 def _worker(conn, fw: str, config: Config, batch_np: dict, init_params) -> None:
-  """A framework in a process of its own (--isolate): builds its runner, then runs the parent's
-  commands ("step", "timed", "losses", "quit") one at a time."""
+  """A framework in a process of its own (the default; --same-process skips it): builds its
+  runner, then runs the parent's commands ("step", "timed", "losses", "quit") one at a time."""
   runner = make_runner(fw, config, batch_np, init_params)
   del init_params
   conn.send((runner.params, runner.compile_s))
@@ -141,21 +141,30 @@ class ProcessRunner(Runner):
                              daemon=True)
     self._proc.start()
     child.close()
-    params, compile_s = self._conn.recv()
+    self._fw = fw
+    params, compile_s = self._ask(None)
     super().__init__(self._step, params, compile_s, [])
 
+  def _ask(self, cmd):
+    """Sends cmd (None: only wait) and returns the child's answer; a dead child is named."""
+    try:
+      if cmd is not None:
+        self._conn.send(cmd)
+      return self._conn.recv()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+      self._proc.join(timeout=5)
+      raise SystemExit(f"bench_train: the {self._fw!r} worker process died (exit code "
+                       f"{self._proc.exitcode}); its traceback is above") from None
+
   def _step(self):
-    self._conn.send("step")
-    self._conn.recv()
+    self._ask("step")
 
   def timed_step(self) -> tuple[float, float]:
-    self._conn.send("timed")
-    return self._conn.recv()
+    return self._ask("timed")
 
   @property
   def losses(self) -> list[float]:
-    self._conn.send("losses")
-    return self._conn.recv()
+    return self._ask("losses")
 
   def close(self) -> None:
     self._conn.send("quit")
@@ -278,9 +287,8 @@ def main():
     init_params = None
     if args.torch_init == "t5lite" and any(fw.startswith("torch") for fw in frameworks):
       init_params = t5lite_runner(config.replace(dtype="float32"), batch_np)[1]
-    # One dtype at a time: a framework pair (t5lite, torch) interleaved in one process, then
-    # freed. With all four alive at once the process's heap churns between them (more page
-    # faults in whichever runs after the others) and every step gets slower.
+    # One dtype at a time: a framework pair (t5lite, torch) interleaved, then closed, so that
+    # no more than two frameworks hold memory at once (and, with --same-process, share a heap).
     for group in (("t5lite", "torch"), ("t5lite-bf16", "torch-bf16")):
       group = [fw for fw in group if fw in frameworks]
       if not group:

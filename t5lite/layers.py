@@ -59,8 +59,6 @@ def kernel_init(config: Config, scale: float = 1.0, fan_in_axes: tuple = (0,),
   return init
 
 
-
-
 class Norm(nn.Module):
   """T5: RMS norm (no mean, no bias). BART: LayerNorm with bias. Computed in float32."""
   config: Config

@@ -10,6 +10,7 @@ the measurement that motivated it; benchmarks/RESULTS_train.md has the runs.
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,26 +42,6 @@ def _matmul_fwd(x_ND, w_DF, float32_result):
   return _dot(x_ND, w_DF, float32_result=float32_result), (x_ND, w_DF)
 
 
-def _matmul_bwd(float32_result, res, dy_NF):
-  del float32_result
-  x_ND, w_DF = res
-  dy_NF = dy_NF.astype(x_ND.dtype)  # a float32 result's cotangent, back to the operands' dtype
-  dx_ND = _dot(dy_NF, w_DF, (((1,), (1,)), ((), ())))
-  # The weight gradient x^T dy contracts dim 0 of both operands. For the LM head (dy is
-  # [B*T, vocab], much bigger than x) XLA:CPU would transpose dy and run its slow fallback (Eigen)
-  # kernel; the barrier keeps x.T a real, small [D, N] copy so that the dot is a plain row-major
-  # product (XNNPACK/YNNPACK), ~2x faster. For the other matmuls (dy no bigger than a few x) the
-  # direct contraction is faster than the copy: T5 1.1 small's step 4.29 -> 4.08 s
-  # (benchmarks/RESULTS_train.md).
-  if _low_precision(x_ND) and _one_cpu_device():
-    dw_DF = _dot(_row_major_transpose(x_ND), dy_NF)
-  elif dy_NF.shape[1] >= 8 * x_ND.shape[1]:
-    dw_DF = _dot(jax.lax.optimization_barrier(x_ND.T), dy_NF)
-  else:
-    dw_DF = _dot(x_ND, dy_NF, (((0,), (0,)), ((), ())))
-  return dx_ND, dw_DF
-
-
 def _one_cpu_device() -> bool:
   """Tracing for one CPU device: the mesh set by partitioning.activate has one device, or
   there is no mesh and this process has one device."""
@@ -83,6 +64,27 @@ def _row_major_transpose(x_ND: Array) -> Array:
   """
   n, d = x_ND.shape
   return jax.lax.optimization_barrier(x_ND.T.reshape(-1)).reshape(d, n)
+
+
+def _matmul_bwd(float32_result, res, dy_NF):
+  del float32_result
+  x_ND, w_DF = res
+  dy_NF = dy_NF.astype(x_ND.dtype)  # a float32 result's cotangent, back to the operands' dtype
+  dx_ND = _dot(dy_NF, w_DF, (((1,), (1,)), ((), ())))
+  # The weight gradient x^T dy contracts dim 0 of both operands. bf16 on one CPU device: a
+  # row-major copy of x^T, so the product runs on AMX (_row_major_transpose). float32: for the
+  # LM head (dy is [B*T, vocab], much bigger than x) XLA:CPU would transpose dy and run its slow
+  # fallback (Eigen) kernel; the barrier keeps x.T a small [D, N] copy so that the dot is a plain
+  # row-major product, ~2x faster. For the other matmuls (dy no bigger than a few x) the direct
+  # contraction is faster than the copy: T5 1.1 small's step 4.29 -> 4.08 s
+  # (benchmarks/RESULTS_train.md).
+  if _low_precision(x_ND) and _one_cpu_device():
+    dw_DF = _dot(_row_major_transpose(x_ND), dy_NF)
+  elif dy_NF.shape[1] >= 8 * x_ND.shape[1]:
+    dw_DF = _dot(jax.lax.optimization_barrier(x_ND.T), dy_NF)
+  else:
+    dw_DF = _dot(x_ND, dy_NF, (((0,), (0,)), ((), ())))
+  return dx_ND, dw_DF
 
 
 _matmul_ND_DF.defvjp(_matmul_fwd, _matmul_bwd)
@@ -161,7 +163,7 @@ def matmul(x_LD: Array, w_DF: Array, float32_result: bool = False) -> Array:
   return y_NF.reshape(lead + (w_DF.shape[-1],))
 
 
-def project(x_BLD: Array, weights_DHK: tuple, dt) -> tuple:
+def project(x_BLD: Array, weights_DHK: Sequence[Array], dt: jnp.dtype) -> tuple[Array, ...]:
   """x [B, L, D] times each [D, H, K] weight -> one [B, L, H, K] per weight, as ONE product with
   the weights stacked to [D, H, n, K] (dtype dt). Heads stay the major axis, so a heads-sharded
   weight keeps a plain tiled sharding through the reshape to [D, H*n*K].
@@ -173,28 +175,28 @@ def project(x_BLD: Array, weights_DHK: tuple, dt) -> tuple:
   """
   D, H, K = weights_DHK[0].shape
   n = len(weights_DHK)
-  w = weights_DHK[0][:, :, None] if n == 1 else jnp.stack(weights_DHK, axis=2)
+  w = jnp.stack(weights_DHK, axis=2)
   y = matmul(x_BLD, w.astype(dt).reshape((D, H * n * K)))
-  return _unstack3(y.reshape(x_BLD.shape[:2] + (H, n, K)))
+  return _unstack_axis3(y.reshape(x_BLD.shape[:2] + (H, n, K)))
 
 
 @jax.custom_vjp
-def _unstack3(y_BLHnK: Array) -> tuple:
+def _unstack_axis3(y_BLHnK: Array) -> tuple:
   """The n [B, L, H, K] slices of axis 3, whose backward stacks the n cotangents (autodiff pads
   each slice's cotangent to the full shape and adds them: in bf16 a 29 ms loop per layer on T5
   1.1 small's encoder, against a copy)."""
   return tuple(y_BLHnK[:, :, :, i] for i in range(y_BLHnK.shape[3]))
 
 
-def _unstack3_fwd(y_BLHnK):
-  return _unstack3(y_BLHnK), None
+def _unstack_axis3_fwd(y_BLHnK):
+  return _unstack_axis3(y_BLHnK), None
 
 
-def _unstack3_bwd(_, gs):
+def _unstack_axis3_bwd(_, gs):
   return (jnp.stack(gs, axis=3),)
 
 
-_unstack3.defvjp(_unstack3_fwd, _unstack3_bwd)
+_unstack_axis3.defvjp(_unstack_axis3_fwd, _unstack_axis3_bwd)
 
 
 @jax.custom_vjp
