@@ -21,7 +21,7 @@ import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from t5lite.data import get_vocabulary, tasks  # noqa: E402
-from t5lite.data import objective_tasks  # noqa: E402
+from t5lite.data import sources  # noqa: E402
 from t5lite.data import objectives as obj  # noqa: E402
 from t5lite.data.gpt2_vocab import GPT2BPEVocabulary  # noqa: E402
 
@@ -50,10 +50,8 @@ PIPELINES = {
 
 
 def register(sample: str, vocab_path: str, gpt2_dir: str) -> None:
-  source = tasks.json_source(sample, sample)
-  t5 = get_vocabulary(vocab_path)
-  objective_tasks.register_source_tasks(P, source, t5, GPT2BPEVocabulary(gpt2_dir))
-  tasks.add_task(f"{P}_span_corruption", source, t5)
+  source = sources.json_source(sample, sample)
+  tasks.register_source_tasks(P, source, get_vocabulary(vocab_path), GPT2BPEVocabulary(gpt2_dir))
 
 
 def lengths_stats(name: str, lengths, num_examples: int = 200) -> tuple[float, float]:

@@ -21,15 +21,15 @@ import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from t5lite.data import get_dataset, get_vocabulary, peers, register_tasks, tasks  # noqa: E402
+from t5lite.data import get_dataset, get_vocabulary, peers, sources, tasks  # noqa: E402
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 LENGTHS = {"inputs": 512, "targets": 114}
 
 
 def register(sample: str, vocab_path: str) -> dict[str, str]:
-  register_tasks(vocabulary_path=vocab_path, c4_json_files=sample,
-                 c4_json_validation_files=sample)
+  tasks.register_all(sources.Sources(vocabulary_path=vocab_path, c4_json_files=sample,
+                                     c4_json_validation_files=sample))
   try:
     t5_pre = peers.t5_preprocessors()
   except ModuleNotFoundError as e:
@@ -37,7 +37,7 @@ def register(sample: str, vocab_path: str) -> dict[str, str]:
   chain = tasks.span_corruption_preprocessors()
   chain[1] = seqio.preprocessors.tokenize  # the original: seqio's per-example tokenize
   chain[2] = t5_pre.span_corruption
-  tasks.add_task("bench_t5_span_corruption", tasks.json_source(sample, sample),
+  tasks.add_task("bench_t5_span_corruption", sources.json_source(sample, sample),
                  get_vocabulary(vocab_path), chain)
   return {"t5lite": tasks.C4_JSON, "t5 (original)": "bench_t5_span_corruption"}
 

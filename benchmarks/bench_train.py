@@ -26,7 +26,7 @@ Timing: one dtype at a time (t5lite fp32 with torch fp32, then t5lite bf16 with 
 Each framework runs in a spawned process of its own (--same-process: both in this one), as it
 would run alone: in one process the two frameworks share glibc's heap and each one's allocations
 between the other's steps cost page faults (t5lite's first 3-5 steps after torch's were 10-50%
-slower). Both processes import t5lite, so both get t5lite.hostmem's malloc settings (torch gains
+slower). Both processes import t5lite, so both get t5lite.backend's malloc settings (torch gains
 from them too). Each framework first runs --warmup steps (t5lite's step is compiled ahead of
 time), then --steps rounds of one step per framework in turn (interleaved, so both see the same
 load on a shared machine; --pause idle seconds before each), each step synchronous
@@ -178,8 +178,7 @@ def t5lite_runner(config: Config, batch_np: dict) -> tuple[Runner, dict]:
   with partitioning.activate(mesh):
     schedule = optim.learning_rate_schedule("constant", peak=LR)
     tx = optim.make_optimizer("adamw", schedule=schedule)
-    shapes = {k: v.shape for k, v in batch_np.items()}
-    state, shardings, model = train.create_train_state(config, tx, mesh, shapes, seed=0)
+    state, shardings, model = train.create_train_state(config, tx, mesh, seed=0)
     init_params = jax.tree.map(lambda x: np.array(x, copy=True), state.params)
     step_fn = jax.jit(
         functools.partial(train.train_step, model=model, tx=tx, schedule=schedule, z_loss=0.0),

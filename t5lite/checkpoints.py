@@ -13,6 +13,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from t5lite import files
+
 
 @gin.configurable
 class Checkpointer:
@@ -20,9 +22,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, save_period: int = 1000, keep: Optional[int] = 3,
                async_save: bool = True):
-    self.directory = os.fspath(directory)
-    if not self.directory.startswith("gs://"):
-      self.directory = os.path.abspath(self.directory)
+    self.directory = files.absolute(directory)
     self.save_period = save_period
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
@@ -107,7 +107,7 @@ def resolve(path: str) -> tuple[str, int]:
   """(checkpoints folder, step) for a t5lite run folder (its latest checkpoint), a run's
   checkpoints/ folder (its latest), or one step's folder (…/checkpoints/<step>)."""
   from etils import epath  # pylint: disable=g-import-not-at-top  (an orbax dependency; gs:// too)
-  p = epath.Path(os.fspath(path))
+  p = epath.Path(files.absolute(path))  # orbax resolves relative paths against its own cwd
   if not p.exists():
     raise FileNotFoundError(f"checkpoint path {path} does not exist")
   if p.name.isdigit() and (p / "state").exists():

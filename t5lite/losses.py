@@ -1,15 +1,41 @@
-"""Cross-entropy with z-loss over integer labels, weighted; accuracy."""
+"""Cross-entropy with z-loss over integer labels, weighted; accuracy; the summed loss of a batch."""
 from __future__ import annotations
+
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+                "encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
+                "decoder_positions")
+SUMS = ("loss", "z_loss", "accuracy", "weight_sum")
+
+
+def model_inputs(batch: Mapping[str, Array]) -> dict:
+  return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def batch_loss(params, batch: Mapping[str, Array], *, model, z_loss: float, dropout_rng=None):
+  """Summed loss over a (micro)batch, and the sums (SUMS) the metrics need."""
+  deterministic = dropout_rng is None
+  logits = model.apply({"params": params}, **model_inputs(batch), deterministic=deterministic,
+                       rngs=None if deterministic else {"dropout": dropout_rng})
+  weights = batch["decoder_loss_weights"]
+  loss, z, weight_sum = cross_entropy_with_z_loss(
+      logits, batch["decoder_target_tokens"], weights, z_loss)
+  acc = accuracy_sum(logits, batch["decoder_target_tokens"], weights)
+  return loss, {"loss": loss, "z_loss": z, "accuracy": acc, "weight_sum": weight_sum}
+
+
+def eval_sums(params, batch: Mapping[str, Array], *, model, z_loss: float) -> dict:
+  """batch_loss's sums without dropout (evaluation)."""
+  return batch_loss(params, batch, model=model, z_loss=z_loss)[1]
 
 
 def cross_entropy_with_z_loss(logits_BTV: Array, targets_BT: Array, weights_BT: Array,
-                              z_loss: float = 1e-4, label_smoothing: float = 0.0
-                              ) -> tuple[Array, Array, Array]:
+                              z_loss: float = 1e-4) -> tuple[Array, Array, Array]:
   """Summed (weighted) cross-entropy + z_loss * log(Z)^2, as in t5x; all in float32.
 
   Returns (total_loss_sum, z_loss_sum, weight_sum); divide by weight_sum for per-token means.
@@ -19,9 +45,6 @@ def cross_entropy_with_z_loss(logits_BTV: Array, targets_BT: Array, weights_BT: 
   log_z_BT = jax.nn.logsumexp(logits, axis=-1)
   label_logit_BT = label_logits(logits, targets_BT)
   nll_BT = log_z_BT - label_logit_BT
-  if label_smoothing:
-    mean_logit_BT = jnp.mean(logits, axis=-1)
-    nll_BT = (1.0 - label_smoothing) * nll_BT + label_smoothing * (log_z_BT - mean_logit_BT)
   z_BT = z_loss * jnp.square(log_z_BT)
   return jnp.sum((nll_BT + z_BT) * weights), jnp.sum(z_BT * weights), jnp.sum(weights)
 

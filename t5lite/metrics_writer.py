@@ -8,12 +8,15 @@ from typing import Optional
 
 import tqdm
 
+from t5lite import files
+from t5lite.runs import RunDir
+
 
 class MetricsWriter:
   """Only the chief process (enabled=True) writes; the others keep a silent no-op writer."""
 
-  def __init__(self, model_dir: str, enabled: bool = True):
-    self.model_dir = model_dir
+  def __init__(self, run_dir: RunDir, enabled: bool = True):
+    self.run_dir = run_dir
     self.enabled = enabled
     self._tb = {}
     self._bar: Optional[tqdm.tqdm] = None
@@ -23,7 +26,7 @@ class MetricsWriter:
   def _summary_writer(self, prefix: str):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     if prefix not in self._tb:
-      self._tb[prefix] = tf.summary.create_file_writer(os.path.join(self.model_dir, "tb", prefix))
+      self._tb[prefix] = tf.summary.create_file_writer(self.run_dir.tb(prefix))
     return self._tb[prefix]
 
   def progress(self, start: int, total: int):
@@ -39,8 +42,7 @@ class MetricsWriter:
       for k, v in values.items():
         tf.summary.scalar(k, v)
     record = {"step": step, "split": prefix, **{k: float(v) for k, v in values.items()}}
-    with tf.io.gfile.GFile(os.path.join(self.model_dir, "metrics.jsonl"), "a") as f:
-      f.write(json.dumps(record) + "\n")
+    files.append_text(self.run_dir.metrics, json.dumps(record) + "\n")
     if "loss" in values:
       (self._history if prefix == "train" else self._eval_history).append((step, values["loss"]))
     if self._bar is not None:
@@ -60,16 +62,13 @@ class MetricsWriter:
         print(f"t5lite: {split} loss {l0:.4f} at step {s0} -> {l1:.4f} at step {s1}", flush=True)
     for w in self._tb.values():
       w.flush()
-    write_loss_curve(os.path.join(self.model_dir, "metrics.jsonl"),
-                     os.path.join(self.model_dir, "loss.png"))
+    write_loss_curve(self.run_dir.metrics, self.run_dir.loss_png)
 
 
 def read_metrics(path: str) -> list[dict]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if not tf.io.gfile.exists(path):
+  if not files.exists(path):
     return []
-  with tf.io.gfile.GFile(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
 def write_loss_curve(metrics_path: str, png_path: str) -> bool:
@@ -95,8 +94,7 @@ def write_loss_curve(metrics_path: str, png_path: str) -> bool:
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  with tf.io.gfile.GFile(png_path, "wb") as f:
+  with files.open_file(png_path, "wb") as f:
     fig.savefig(f, format="png", dpi=100)
   plt.close(fig)
   return True

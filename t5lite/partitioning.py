@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from t5lite import backend
+
 MESH_AXES = ("data", "model")
 
 # Logical name -> mesh axis (None = replicated). Starts from t5x's standard rules.
@@ -117,8 +119,10 @@ def _divisible(sharding: NamedSharding, shape: tuple, mesh, path) -> NamedShardi
 @contextlib.contextmanager
 def activate(mesh: jax.sharding.Mesh, fsdp: bool = False):
   """Sets the mesh and the logical-axis rules, so activations' logical constraints are real
-  (without the rules, nn.with_logical_constraint is a no-op)."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules(fsdp)):
+  (without the rules, nn.with_logical_constraint is a no-op), and the platform code is traced for
+  (backend.py: CPU-only kernels apply only on a mesh of CPU devices)."""
+  platform = mesh.devices.flat[0].platform
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules(fsdp)), backend.target(platform):
     yield mesh
 
 

@@ -14,13 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from t5lite import checkpoints, losses, metrics_writer, optim, partitioning
+from t5lite import checkpoints, evaluation, losses, metrics_writer, optim, partitioning, runs
 from t5lite.config import Config, flops_per_example
 from t5lite.network import EncoderDecoder
-
-MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-                "encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
-                "decoder_positions")
 
 
 @flax.struct.dataclass
@@ -28,22 +24,6 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
-
-
-def model_inputs(batch: Mapping[str, jax.Array]) -> dict:
-  return {k: batch[k] for k in MODEL_INPUTS if k in batch}
-
-
-def loss_fn(params, batch, *, model: EncoderDecoder, z_loss: float, dropout_rng=None):
-  """Summed loss over a (micro)batch and the sums the metrics need."""
-  deterministic = dropout_rng is None
-  logits = model.apply({"params": params}, **model_inputs(batch), deterministic=deterministic,
-                       rngs=None if deterministic else {"dropout": dropout_rng})
-  weights = batch["decoder_loss_weights"]
-  loss, z, weight_sum = losses.cross_entropy_with_z_loss(
-      logits, batch["decoder_target_tokens"], weights, z_loss)
-  acc = losses.accuracy_sum(logits, batch["decoder_target_tokens"], weights)
-  return loss, {"loss": loss, "z_loss": z, "accuracy": acc, "weight_sum": weight_sum}
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: EncoderDecoder,
@@ -54,7 +34,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Enco
   dropout_rng = None
   if model.config.dropout_rate > 0 and dropout_seed is not None:
     dropout_rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
-  grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, z_loss=z_loss),
+  grad_fn = jax.value_and_grad(functools.partial(losses.batch_loss, model=model, z_loss=z_loss),
                                has_aux=True)
   if microbatches == 1:
     (_, sums), grads = grad_fn(state.params, batch, dropout_rng=dropout_rng)
@@ -68,7 +48,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Enco
       (_, s), g = grad_fn(state.params, micro, dropout_rng=rng)
       return jax.tree.map(jnp.add, carry, (g, s)), None
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("loss", "z_loss", "accuracy", "weight_sum")}
+    zero_sums = {k: jnp.zeros((), jnp.float32) for k in losses.SUMS}
     (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), (jnp.arange(microbatches), split))
   denom = jnp.maximum(sums["weight_sum"], 1.0)
   grads = jax.tree.map(lambda g: g / denom, grads)
@@ -76,36 +56,36 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Enco
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": sums["loss"] / denom, "z_loss": sums["z_loss"] / denom,
              "accuracy": sums["accuracy"] / denom, "target_tokens": sums["weight_sum"],
-             "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+             "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch, *, model: EncoderDecoder, z_loss: float):
-  _, sums = loss_fn(params, batch, model=model, z_loss=z_loss)
-  return sums
-
-
-def create_train_state(config: Config, tx, mesh, batch_shapes: Mapping[str, tuple], seed: int,
-                       fsdp: bool = False):
-  """Abstract init -> shardings from logical names -> jit(init, out_shardings). Nothing is
-  ever built whole on one device. Returns (state, state_shardings, model)."""
-  model = EncoderDecoder(config)
-  dummy = {k: jnp.ones(shape, jnp.int32) for k, shape in batch_shapes.items()
-           if k in ("encoder_input_tokens", "decoder_input_tokens")}
-
-  def init_boxed(rng):
-    return model.init(rng, **dummy)["params"]
-
-  boxed = jax.eval_shape(init_boxed, jax.random.key(seed))
+def state_shardings(config: Config, tx, mesh, fsdp: bool = False) -> tuple[TrainState, TrainState]:
+  """(abstract TrainState of ShapeDtypeStructs carrying their shardings, the shardings alone),
+  from the parameters' logical axis names; nothing is allocated."""
+  boxed = runs.boxed_params_shape(config)
   param_shardings = partitioning.logical_shardings(boxed, mesh, fsdp)
   params_shape = partitioning.raw_values(boxed)
   opt_shape = jax.eval_shape(tx.init, params_shape)
   opt_shardings = partitioning.match_shardings(opt_shape, params_shape, param_shardings, mesh)
   shardings = TrainState(step=partitioning.replicated(mesh), params=param_shardings,
                          opt_state=opt_shardings)
+  shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params_shape,
+                      opt_state=opt_shape)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          shapes, shardings)
+  return abstract, shardings
+
+
+def create_train_state(config: Config, tx, mesh, seed: int, fsdp: bool = False):
+  """Abstract init -> shardings from logical names -> jit(init, out_shardings). Nothing is
+  ever built whole on one device. Returns (state, state_shardings, model)."""
+  model = EncoderDecoder(config)
+  _, shardings = state_shardings(config, tx, mesh, fsdp)
+  dummy = jnp.ones((1, 1), jnp.int32)  # parameter shapes do not depend on the input's
 
   def init(rng):
-    params = nn.unbox(init_boxed(rng))
+    params = nn.unbox(model.init(rng, dummy, dummy)["params"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
@@ -115,6 +95,16 @@ def create_train_state(config: Config, tx, mesh, batch_shapes: Mapping[str, tupl
 def abstract_state(state: TrainState, shardings: TrainState):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       state, shardings)
+
+
+def jit_train_step(model: EncoderDecoder, tx, schedule, shardings: TrainState, mesh, *,
+                   z_loss: float, microbatches: int = 1, dropout_seed: Optional[int] = None):
+  """train_step jitted as train() runs it: explicit in/out shardings, the state donated."""
+  return jax.jit(
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule, z_loss=z_loss,
+                        microbatches=microbatches, dropout_seed=dropout_seed),
+      in_shardings=(shardings, partitioning.batch_sharding(mesh)), out_shardings=(shardings, None),
+      donate_argnums=(0,))
 
 
 class Preemption:
@@ -206,12 +196,10 @@ def train(model_dir: str = gin.REQUIRED,
   _check_required(model_dir=model_dir, train_steps=train_steps,
                   mixture_or_task_name=mixture_or_task_name,
                   task_feature_lengths=task_feature_lengths, batch_size=batch_size)
-  from t5lite import data as t5data  # pylint: disable=g-import-not-at-top  (registers tasks)
-  from t5lite.data import pipeline  # pylint: disable=g-import-not-at-top
-  t5data.register_all()
-  task = t5data.get_task_or_mixture(mixture_or_task_name)
-  from t5lite.inspect_task import check_lengths  # pylint: disable=g-import-not-at-top
-  check_lengths(mixture_or_task_name, task_feature_lengths)  # objective's targets must fit
+  from t5lite.data import pipeline, tasks  # pylint: disable=g-import-not-at-top
+  tasks.register_all()
+  task = tasks.get_task_or_mixture(mixture_or_task_name)
+  tasks.check_lengths(mixture_or_task_name, task_feature_lengths)  # objective's targets must fit
   vocab = task.output_features["targets"].vocabulary
   if vocab.vocab_size > config.vocab_size:
     raise ValueError(f"{mixture_or_task_name!r}'s vocabulary has {vocab.vocab_size} ids but "
@@ -228,15 +216,14 @@ def train(model_dir: str = gin.REQUIRED,
     import seqio  # pylint: disable=g-import-not-at-top
     shard_info = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
   is_chief = jax.process_index() == 0
+  run_dir = runs.RunDir(model_dir)
 
   with partitioning.activate(mesh, fsdp):
     schedule = optim.learning_rate_schedule()
     tx = optim.make_optimizer(schedule=schedule)
     li, lt = task_feature_lengths["inputs"], task_feature_lengths["targets"]
-    state, shardings, model = create_train_state(
-        config, tx, mesh, {"encoder_input_tokens": (host_batch, li),
-                           "decoder_input_tokens": (host_batch, lt)}, seed, fsdp)
-    ckpt = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"))
+    state, shardings, model = create_train_state(config, tx, mesh, seed, fsdp)
+    ckpt = checkpoints.Checkpointer(run_dir.checkpoints)
     start = ckpt.latest_step()
     if start is not None:  # (1) resume
       state, data_state = ckpt.restore(start, abstract_state(state, shardings))
@@ -251,23 +238,18 @@ def train(model_dir: str = gin.REQUIRED,
         print(f"t5lite: initialised parameters from {init_checkpoint}", flush=True)
     start = int(jax.device_get(state.step))
     if is_chief:
-      os.makedirs(model_dir, exist_ok=True) if not model_dir.startswith("gs://") else None
-      _write_text(os.path.join(model_dir, "config.gin"), gin.operative_config_str())
+      run_dir.write_config(gin.operative_config_str())
 
     dataset = pipeline.get_dataset(mixture_or_task_name, task_feature_lengths, host_batch,
                                    split="train", shuffle=True, seed=seed, shard_info=shard_info,
                                    start_batch=start)
     batches = iter(dataset.as_numpy_iterator())
-    batch_shard = partitioning.batch_sharding(mesh)
-    step_fn = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, schedule=schedule, z_loss=z_loss,
-                          microbatches=microbatches, dropout_seed=seed),
-        in_shardings=(shardings, batch_shard), out_shardings=(shardings, None),
-        donate_argnums=(0,))
-    eval_fn = jax.jit(functools.partial(eval_step, model=model, z_loss=z_loss),
-                      in_shardings=(shardings.params, batch_shard))
+    step_fn = jit_train_step(model, tx, schedule, shardings, mesh, z_loss=z_loss,
+                             microbatches=microbatches, dropout_seed=seed)
+    eval_fn = jax.jit(functools.partial(losses.eval_sums, model=model, z_loss=z_loss),
+                      in_shardings=(shardings.params, partitioning.batch_sharding(mesh)))
 
-    writer = metrics_writer.MetricsWriter(model_dir, enabled=is_chief)
+    writer = metrics_writer.MetricsWriter(run_dir, enabled=is_chief)
     flops = flops_per_example(config, li, lt)
     preempt = Preemption()
     pending = None  # (step, device metrics, time) of the step before the current one
@@ -291,10 +273,11 @@ def train(model_dir: str = gin.REQUIRED,
         pending = (step, metrics)
         progress.update(1)
         if eval_period and step % eval_period == 0:
-          values = evaluate(eval_fn, state.params, mixture_or_task_name, task_feature_lengths,
-                            host_batch, eval_steps, mesh, shard_info)
-          values.update(decoded_metrics(task, model, state.params, step, vocab, mesh,
-                                        task_feature_lengths, model_dir))
+          values = evaluation.loss_and_accuracy(eval_fn, state.params, mixture_or_task_name,
+                                                task_feature_lengths, host_batch, eval_steps,
+                                                mesh, shard_info)
+          values.update(evaluation.decoded_metrics(task, model, state.params, step, vocab, mesh,
+                                                   task_feature_lengths, run_dir.path))
           writer.write(step, values, prefix="eval")
         stop = preempt.reached(step)
         if ckpt.should_save(step) or stop or step == train_steps:
@@ -320,27 +303,14 @@ def train(model_dir: str = gin.REQUIRED,
         from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
         params = multihost_utils.process_allgather(params, tiled=True)
       if is_chief:
-        from t5lite import predict  # pylint: disable=g-import-not-at-top
+        from t5lite import inference  # pylint: disable=g-import-not-at-top
         # Alone on process 0: decode on one of its devices, not on the mesh of all processes.
         local = (partitioning.make_mesh((1, 1), jax.local_devices()[:1])
                  if jax.process_count() > 1 else mesh)
         with partitioning.activate(local, fsdp):
-          predict.show_predictions(model, params, mixture_or_task_name, task_feature_lengths,
+          inference.show_predictions(model, params, mixture_or_task_name, task_feature_lengths,
                                    predict_examples)
   return state
-
-
-def decoded_metrics(task, model, params, step, vocab, mesh, task_feature_lengths, model_dir,
-                    num_examples: int = 64) -> dict[str, float]:
-  """The task's seqio metrics (exact match, BLEU, ...) on greedy predictions of its first
-  validation examples; {} for tasks without metric_fns (pretraining) and on multi-process runs
-  (use `t5lite eval --watch` there)."""
-  if not getattr(task, "metric_fns", None) or jax.process_count() > 1:
-    return {}
-  from t5lite import evaluate as eval_lib, infer  # pylint: disable=g-import-not-at-top
-  run = infer.Run(model_dir=model_dir, config=model.config, model=model, params=params, step=step,
-                  vocabulary=vocab, mesh=mesh)
-  return eval_lib.task_metrics(run, task, task_feature_lengths, num_examples)
 
 
 REQUIRED_MACROS = {"model_dir": "MODEL_DIR", "train_steps": "TRAIN_STEPS",
@@ -355,24 +325,6 @@ def _check_required(**values) -> None:
     names = ", ".join(f"{REQUIRED_MACROS[k]} (train.{k})" for k in missing)
     raise ValueError(f"required gin macro not set: {names}; set it in a gin file or on the "
                      f"command line, e.g. --gin.{REQUIRED_MACROS[missing[0]]}=...")
-
-
-def evaluate(eval_fn, params, name, task_feature_lengths, host_batch, eval_steps, mesh,
-             shard_info) -> dict[str, float]:
-  """Loss and accuracy over the first `eval_steps` batches of the validation split."""
-  from t5lite.data import pipeline  # pylint: disable=g-import-not-at-top
-  ds = pipeline.get_dataset(name, task_feature_lengths, host_batch, split="validation",
-                            shuffle=False, seed=0, shard_info=shard_info)
-  totals = None
-  for batch in ds.take(eval_steps).as_numpy_iterator():
-    sums = eval_fn(params, partitioning.host_to_global(batch, mesh))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  if totals is None:
-    return {}
-  totals = {k: float(v) for k, v in jax.device_get(totals).items()}
-  denom = max(totals["weight_sum"], 1.0)
-  return {"loss": totals["loss"] / denom, "accuracy": totals["accuracy"] / denom,
-          "z_loss": totals["z_loss"] / denom}
 
 
 PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu v4": 275e12,
@@ -394,9 +346,3 @@ def _throughput(steps_per_s: float, batch_size: int, target_tokens: float, flops
   if peak:
     out["mfu"] = steps_per_s * batch_size * flops / (peak * jax.device_count())
   return out
-
-
-def _write_text(path: str, text: str) -> None:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gs:// paths)
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(text)

@@ -9,13 +9,12 @@ from t5lite.config import Config
 
 TINY = Config(vocab_size=256, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
               num_encoder_layers=2, num_decoder_layers=2, dtype="float32")
-SHAPES = {"encoder_input_tokens": (8, 16), "decoder_input_tokens": (8, 8)}
 
 
 def make_state(mesh, config=TINY, seed=0, fsdp=False):
   tx = optim.make_optimizer("adafactor", schedule=optim.learning_rate_schedule("constant"))
   with jax.set_mesh(mesh):
-    state, shardings, _ = train.create_train_state(config, tx, mesh, SHAPES, seed, fsdp)
+    state, shardings, _ = train.create_train_state(config, tx, mesh, seed, fsdp)
   return state, shardings
 
 

@@ -9,18 +9,19 @@ import numpy as np
 import pytest
 import seqio
 
+from t5lite import main
 from t5lite.data import demo_corpus, pipeline, tasks, vocab
-from t5lite.data.sources import JsonLinesDataSource
+from t5lite.data.sources import JsonLinesDataSource, Sources
 
 SMALL = {"inputs": 512, "targets": 114}
 
 
 @pytest.fixture
 def c4_json_task(c4_sample, t5_vocab_path):
-  tasks.register_tasks(vocabulary_path=str(t5_vocab_path), c4_json_files=str(c4_sample),
-                       c4_json_validation_files=str(c4_sample))
+  tasks.register_all(Sources(vocabulary_path=str(t5_vocab_path), c4_json_files=str(c4_sample),
+                             c4_json_validation_files=str(c4_sample)))
   yield tasks.C4_JSON
-  tasks.register_tasks()
+  tasks.register_all()
 
 
 def test_allenai_shard_reads_text_only(c4_allenai_shard):
@@ -53,12 +54,12 @@ def test_tokenize_in_batches_equals_seqio_tokenize(c4_sample, t5_vocab_path):
 
 def test_missing_json_pattern_names_it(t5_vocab_path, tmp_path):
   pattern = str(tmp_path / "nothing-here.*.json.gz")
-  tasks.register_tasks(vocabulary_path=str(t5_vocab_path), c4_json_files=pattern)
+  tasks.register_all(Sources(vocabulary_path=str(t5_vocab_path), c4_json_files=pattern))
   try:
     with pytest.raises(FileNotFoundError, match="nothing-here"):
       pipeline.get_dataset(tasks.C4_JSON, SMALL, 2)
   finally:
-    tasks.register_tasks()
+    tasks.register_all()
 
 
 def test_unknown_task_lists_names():
@@ -68,17 +69,17 @@ def test_unknown_task_lists_names():
     assert name in str(e.value)
 
 
-def test_register_tasks_is_gin_configurable(tmp_path):
+def test_sources_are_gin_configurable(tmp_path):
   with gin.unlock_config():
-    gin.parse_config("register_tasks.tfds_version = '2.2.0'\n"
-                     f"register_tasks.tfds_data_dir = '{tmp_path}'")
+    gin.parse_config("Sources.tfds_version = '2.2.0'\n"
+                     f"Sources.tfds_data_dir = '{tmp_path}'")
   try:
-    tasks.register_tasks()
+    tasks.register_all()
     source = seqio.get_mixture_or_task(tasks.C4_TFDS).source
     assert source.tfds_dataset.name == "c4/en:2.2.0"
   finally:
     gin.clear_config()
-    tasks.register_tasks()
+    tasks.register_all()
 
 
 def test_get_vocabulary_missing(tmp_path):
@@ -111,7 +112,7 @@ def test_pipeline_resume_and_shards(c4_json_task):
 
 def test_demo_assets_and_task(tmp_path, monkeypatch):
   monkeypatch.setenv("T5LITE_CACHE", str(tmp_path))
-  tasks.register_tasks()
+  tasks.register_all()
   try:
     assert not (tmp_path / "demo").exists()  # registering builds nothing
     results = []
@@ -138,15 +139,17 @@ def test_demo_assets_and_task(tmp_path, monkeypatch):
     assert batch["encoder_input_tokens"].max() < v.vocab_size
     assert batch["decoder_target_tokens"].max() == v.vocab_size - 1  # <extra_id_0>
   finally:
-    tasks.register_tasks()
+    tasks.register_all()
 
 
 def test_vocab_cli(c4_allenai_shard, tmp_path):
   text = tmp_path / "extra.txt"
   text.write_text("Plain text lines are read too.\nAnother line of plain text.\n")
   out = tmp_path / "v" / "spiece.model"
-  assert vocab.cli(["--input", str(c4_allenai_shard), "--input", str(text), "--output", str(out),
-                    "--vocab_size", "200"]) == 0
+  assert main.main(["vocab", "--input", str(c4_allenai_shard), "--input", str(text),
+                    "--output", str(out), "--vocab_size", "200"]) == 0
   v = vocab.get_vocabulary(str(out), extra_ids=10)
   assert v.vocab_size == 210 and v.tokenizer.bos_id() == -1 and v.tokenizer.pad_id() == 0
-  assert vocab.cli(["--input", str(tmp_path / "none*.json"), "--output", str(out)]) == 2
+  with pytest.raises(SystemExit) as e:
+    main.run_with_args(["vocab", "--input", str(tmp_path / "none*.json"), "--output", str(out)])
+  assert e.value.code == 2

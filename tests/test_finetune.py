@@ -13,7 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from t5lite import checkpoints, finetune_tasks, main, partitioning, train  # pylint: disable=g-import-not-at-top
+from t5lite import checkpoints, gin_files, main, partitioning, train  # pylint: disable=g-import-not-at-top
+from t5lite.data import finetune
 from t5lite.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
 
 V = 256  # 90 pieces + 100 extra ids, rounded up to 128
@@ -69,10 +70,7 @@ def finetuned(tmp_path_factory, c4_sample):
   cli("import-hf", str(hf_dir), str(pretrained))
   model_dir = root / "ft"
   gin.clear_config()
-  args = main.argparse.Namespace(
-      gin_file=["runs/finetune.gin", str(pretrained / "model.gin")], gin_search_paths=[],
-      gin_bindings=[], num_cpu_devices=0)
-  main.parse_gin(args, [
+  gin_files.parse(["runs/finetune.gin", str(pretrained / "model.gin")], [
       f"MODEL_DIR = '{model_dir}'", f"INIT_CHECKPOINT = '{pretrained}'",
       f"TRAIN_STEPS = {STEPS}", "BATCH_SIZE = 32",
       "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 16}",
@@ -118,9 +116,8 @@ def test_finetuning_starts_from_the_pretrained_parameters(finetuned, tmp_path):
   assert "register_user_task" in text and "Config.dropout_rate = 0.1" in text
   assert checkpoints.resolve(str(model_dir))[1] == STEPS
   gin.clear_config()
-  main.parse_gin(main.argparse.Namespace(
-      gin_file=[str(model_dir / "config.gin")], gin_search_paths=[], gin_bindings=[],
-      num_cpu_devices=0), [f"train.model_dir = '{tmp_path / 'zero'}'", "train.train_steps = 0"])
+  gin_files.parse([str(model_dir / "config.gin")],
+                  [f"train.model_dir = '{tmp_path / 'zero'}'", "train.train_steps = 0"])
   state = train.train(mesh=partitioning.make_mesh((4, 2)))
   assert int(state.step) == 0
   imported = checkpoints.restore_params(
@@ -144,7 +141,7 @@ def test_tsv_task_and_metric_errors(tmp_path, t5_vocab_path):
   tsv = tmp_path / "pairs.tsv"
   tsv.write_text("hello world\tbonjour le monde\nshort\tcourt\n")
   gin.clear_config()
-  name = finetune_tasks.register_user_task(
+  name = finetune.register_user_task(
       name="tsv_pairs", train_files=str(tsv), format="tsv", vocabulary_path=str(t5_vocab_path))
   import seqio  # pylint: disable=g-import-not-at-top
   ds = seqio.get_mixture_or_task(name).get_dataset(
@@ -152,23 +149,23 @@ def test_tsv_task_and_metric_errors(tmp_path, t5_vocab_path):
   examples = list(ds.as_numpy_iterator())
   assert [e["targets_pretokenized"].decode() for e in examples] == ["bonjour le monde", "court"]
   assert all(e["inputs"][-1] == 1 for e in examples)  # EOS
-  assert finetune_tasks.exact_match(["a", "b"], ["a", "c"]) == {"exact_match": 50.0}
+  assert finetune.exact_match(["a", "b"], ["a", "c"]) == {"exact_match": 50.0}
   with pytest.raises(ValueError, match="unknown metric"):
-    finetune_tasks.metric_fns(["f1"])
+    finetune.metric_fns(["f1"])
   with pytest.raises(FileNotFoundError, match="no file matches"):
-    finetune_tasks.register_user_task(name="x", train_files=str(tmp_path / "none.jsonl"))
+    finetune.register_user_task(name="x", train_files=str(tmp_path / "none.jsonl"))
   assert jax.device_count() == 8
 
 
 def test_bleu_and_rouge(monkeypatch):
   """Real values with sacrebleu / rouge-score (installed by `make test`); a clear error without."""
-  fns = finetune_tasks.metric_fns(["bleu", "rouge"])
+  fns = finetune.metric_fns(["bleu", "rouge"])
   same = ["the cat sat on the mat today", "a quick brown fox jumps"]
   assert fns[0](same, same)["bleu"] == pytest.approx(100.0)
   assert fns[1](same, same)["rouge1"] == pytest.approx(100.0)
   half = fns[1](["the cat sat on the mat"], ["the cat"])
   assert half["rouge1"] == pytest.approx(100 * 2 * (1.0 * 2 / 6) / (1.0 + 2 / 6))
   assert 0 < fns[0](same, ["the cat sat on a mat today", "a slow brown fox jumps"])["bleu"] < 100
-  monkeypatch.setitem(finetune_tasks._PACKAGES, "bleu", ("no_such_bleu_module", "sacrebleu"))
+  monkeypatch.setitem(finetune._PACKAGES, "bleu", ("no_such_bleu_module", "sacrebleu"))
   with pytest.raises(ImportError, match="pip install sacrebleu"):
-    finetune_tasks.metric_fns(["bleu"])
+    finetune.metric_fns(["bleu"])

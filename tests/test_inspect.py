@@ -1,18 +1,23 @@
 """`t5lite inspect` and check_lengths on the demo tasks (short lengths and few examples: fast)."""
 import json
 
+import gin
 import pytest
 
-from t5lite import inspect_task
+from t5lite import main
+from t5lite.data import tasks
 
 STATS_KEYS = {"num_examples", "inputs_length", "targets_length", "noise_density",
               "spans_per_example", "mean_span_length", "packing_efficiency"}
 
 
 def run(capsys, *argv):
-  code = inspect_task.cli(list(argv))
+  """`t5lite inspect ARGV` as the command runs it: (exit code, stdout, stderr)."""
+  gin.clear_config()
+  with pytest.raises(SystemExit) as e:
+    main.run_with_args(["inspect", *argv])
   out, err = capsys.readouterr()
-  return code, out, err
+  return e.value.code, out, err
 
 
 def test_span_corruption_text_and_json(capsys):
@@ -69,8 +74,8 @@ def test_unknown_name_lists_registered(capsys):
 
 
 def test_check_lengths():
-  assert inspect_task.check_lengths("demo_span_corruption", {"inputs": 512, "targets": 114}) == 114
-  assert inspect_task.check_lengths("demo_bart_denoising", {"inputs": 128, "targets": 128}) == 128
-  assert inspect_task.check_lengths("demo_ul2", {"inputs": 128, "targets": 128}) == 123
+  assert tasks.check_lengths("demo_span_corruption", {"inputs": 512, "targets": 114}) == 114
+  assert tasks.check_lengths("demo_bart_denoising", {"inputs": 128, "targets": 128}) == 128
+  assert tasks.check_lengths("demo_ul2", {"inputs": 128, "targets": 128}) == 123
   with pytest.raises(ValueError, match=r"demo_ul2_x_mean3_rate50 needs 507.*'targets': 507"):
-    inspect_task.check_lengths("demo_ul2", {"inputs": 512, "targets": 114})
+    tasks.check_lengths("demo_ul2", {"inputs": 512, "targets": 114})

@@ -9,8 +9,9 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from t5lite.data import objective_tasks
+from t5lite.data import bart_noise
 from t5lite.data import objectives as obj
+from t5lite.data import sources
 from t5lite.data import tasks
 from t5lite.data.gpt2_vocab import GPT2BPEVocabulary
 from t5lite.data.span_corruption import noise_span_to_unique_sentinel
@@ -28,7 +29,7 @@ def vocabs(t5_vocab_path, gpt2_bpe_dir):
 @pytest.fixture(scope="module")
 def registered(c4_sample, vocabs):
   t5, gpt2 = vocabs
-  return objective_tasks.register_source_tasks(P, tasks.json_source(str(c4_sample)), t5, gpt2)
+  return tasks.register_source_tasks(P, sources.json_source(str(c4_sample)), t5, gpt2)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def _unique(chunk, gpt2):
   table[4:] = real[chunk]
   full_stop = gpt2.id_for_piece(".")
   stops = np.flatnonzero(chunk == full_stop)
-  info = obj.BartVocabInfo(mask_id=10**6, full_stop_id=4 + (stops[0] if len(stops) else 10**7),
+  info = bart_noise.BartVocabInfo(mask_id=10**6, full_stop_id=4 + (stops[0] if len(stops) else 10**7),
                            word_start=table, random_low=2 * 10**6, random_high=2 * 10**6 + 1)
   return np.arange(4, 4 + len(chunk)), info, table
 
@@ -79,7 +80,7 @@ def test_text_infilling_statistics(gpt2_chunks, vocabs):
     ids, info, table = _unique(chunk, vocabs[1])
     table[4] = True  # the first token starts a word
     stats = {}
-    out = obj.bart_noise(ids, rng, info, mask_ratio=0.3, poisson_lambda=3.0, random_ratio=0.1,
+    out = bart_noise.bart_noise(ids, rng, info, mask_ratio=0.3, poisson_lambda=3.0, random_ratio=0.1,
                          stats=stats)
     assert stats["span_lengths"].sum() == stats["num_to_mask"]  # the word budget
     assert stats["num_to_mask"] == int(np.ceil(0.3 * table[4:].sum()))
@@ -117,8 +118,8 @@ def test_sentence_permutation_moves_whole_sentences(gpt2_chunks, vocabs):
   rng = np.random.default_rng(1)
   changed = 0
   for chunk in gpt2_chunks[:100]:
-    info = obj.bart_vocab_info(gpt2)
-    out = obj.bart_noise(chunk, rng, info, permute_ratio=1.0)
+    info = bart_noise.bart_vocab_info(gpt2)
+    out = bart_noise.bart_noise(chunk, rng, info, permute_ratio=1.0)
     # Sentence = up to and including a '.' that does not follow a '.'; the last ends the chunk.
     stops = chunk == full_stop
     ends = np.flatnonzero(stops & ~np.concatenate([[False], stops[:-1]])) + 1
@@ -284,12 +285,12 @@ def test_register_mixture_from_gin(registered):
       test_objectives/register_mixture.tasks_and_rates = [('{P}_prefix_lm', 1.0), ('{P}_ul2', 2.0)]
   """)
   with gin.config_scope("test_objectives"):
-    objective_tasks.register_mixture()
+    tasks.register_mixture()
   mix = seqio.MixtureRegistry.get("testc4_my_mix")
   assert mix.get_rate(seqio.get_mixture_or_task(f"{P}_prefix_lm")) == 1.0
   assert len(mix.tasks) == 8
   with pytest.raises(ValueError, match="unknown task"):
-    objective_tasks.register_mixture("bad", [("no_such_task", 1.0)])
+    tasks.register_mixture("bad", [("no_such_task", 1.0)])
 
 
 # --- lengths -----------------------------------------------------------------------------------
@@ -323,8 +324,8 @@ def test_too_short_targets_is_a_clear_error(registered):
 
 
 def test_default_registration_names():
-  names = set(objective_tasks.OBJECTIVE_TASK_NAMES)
-  for p in objective_tasks.SOURCES:
+  names = set(tasks.register_all())
+  for p in sources.SOURCE_NAMES:
     for suffix in ("bart_denoising", "prefix_lm", "iid_denoising", "bert_denoising",
                    "deshuffling", "ul2"):
       assert f"{p}_{suffix}" in names

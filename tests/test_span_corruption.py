@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from t5lite.data import peers
 from t5lite.data import span_corruption as sc
+from t5lite.data import sources
 from t5lite.data import tasks
 from t5lite.data.vocab import get_vocabulary
 
@@ -28,7 +29,7 @@ def _t5_preprocessors():
 def c4_tasks(c4_sample, t5_vocab_path):
   """Tasks on the real C4 sample: t5lite's chain, the raw 568-token chunks, and the t5 peer."""
   vocab = get_vocabulary(str(t5_vocab_path))
-  source = tasks.json_source(str(c4_sample), str(c4_sample))
+  source = sources.json_source(str(c4_sample), str(c4_sample))
   tokens_length, _ = sc.random_spans_helper(512, 0.15, 3.0)
   chain = tasks.span_corruption_preprocessors()
   raw = chain[:2] + [
@@ -138,7 +139,7 @@ def test_identical_to_t5_span_corruption(c4_tasks, c4_sample):
   chain = tasks.span_corruption_preprocessors()
   chain[1] = seqio.preprocessors.tokenize
   chain[2] = t5_pre.span_corruption
-  tasks.add_task("test_t5_peer", tasks.json_source(str(c4_sample)), vocab, chain)
+  tasks.add_task("test_t5_peer", sources.json_source(str(c4_sample)), vocab, chain)
   try:
     ours = _examples(names["t5lite"], 200, seed=5, shuffle=True)
     theirs = _examples("test_t5_peer", 200, seed=5, shuffle=True)

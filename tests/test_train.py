@@ -1,4 +1,5 @@
 """End-to-end train() on the embedded demo task: loss falls, resume is exact, gin and CLI errors."""
+import argparse
 import json
 import os
 
@@ -9,6 +10,7 @@ import pytest
 
 from t5lite import main as cli
 from t5lite import partitioning, train
+from t5lite.cli import common
 from t5lite.checkpoints import Checkpointer
 
 STEPS = 16
@@ -25,10 +27,9 @@ FAST = [
 def run_train(model_dir, steps, *extra, mesh_shape=(4, 2)):
   gin.clear_config()
   args = FAST + [f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", *extra]
-  parser = cli.argparse.ArgumentParser()
-  cli.add_gin_flags(parser)
-  rest, bindings = cli.split_gin_overrides(args)
-  cli.parse_gin(parser.parse_args(rest), bindings)
+  parser = argparse.ArgumentParser()
+  common.add_gin_flags(parser)
+  common.parse_gin(common.parse_args(parser, args))
   return train.train(mesh=partitioning.make_mesh(mesh_shape))
 
 
@@ -78,12 +79,11 @@ def test_resume_equals_straight_run(straight, tmp_path):
 
 def test_gin_override_changes_the_model(tmp_path):
   gin.clear_config()
-  parser = cli.argparse.ArgumentParser()
-  cli.add_gin_flags(parser)
-  rest, bindings = cli.split_gin_overrides(
-      ["--gin_file=models/t5_1_1/small.gin", "--gin.Config.num_heads=3",
-       "--gin.Config.emb_dim", "96"])
-  cli.parse_gin(parser.parse_args(rest), bindings)
+  parser = argparse.ArgumentParser()
+  common.add_gin_flags(parser)
+  common.parse_gin(common.parse_args(
+      parser, ["--gin_file=models/t5_1_1/small.gin", "--gin.Config.num_heads=3",
+               "--gin.Config.emb_dim", "96"]))
   from t5lite.config import Config
   cfg = Config()
   assert (cfg.num_heads, cfg.emb_dim, cfg.mlp_dim) == (3, 96, 1024)

@@ -15,7 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from t5lite import checkpoints, infer, main  # pylint: disable=g-import-not-at-top
+from t5lite import checkpoints, main, runs
+from t5lite.cli import common  # pylint: disable=g-import-not-at-top
 from t5lite.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
 
 V = 32128
@@ -144,8 +145,8 @@ def test_export_hf_loads_with_equal_logits(imported, tmp_path):
   config = json.loads((out / "config.json").read_text())
   assert (config["d_model"], config["d_ff"], config["num_heads"]) == (32, 64, 4)
   model = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
-  gin.clear_config()
-  run = infer.load_run(str(imported))
+  common.parse_run_gin(runs.RunDir(imported))
+  run = runs.load(str(imported))
   rng = np.random.RandomState(0)
   enc, dec = rng.randint(3, 32000, (2, 11)), rng.randint(3, 32000, (2, 7))
   ours = run.model.apply({"params": jax.device_get(run.params)}, enc, dec)

@@ -1,45 +1,24 @@
-"""t5lite data: span corruption, vocabularies, seqio tasks and input pipelines.
+"""t5lite data: text sources, vocabularies, objectives, seqio tasks and input pipelines.
 
-Importing this package registers the default tasks (tasks.register_tasks, and every objective's
-tasks in objective_tasks); register_all() re-registers them with the gin-bound sources. The
-span_corruption preprocessor lives in the module of that name (t5lite.data.span_corruption).
+  sources.py          where text and vocabularies come from (one gin-configurable `Sources`)
+  tasks.py            every task and mixture, registered in one place; what each task needs
+  span_corruption.py  T5's span corruption (TF preprocessors)
+  objectives.py       T5 / UL2 objectives beyond span corruption, and every objective's lengths
+  bart_noise.py       BART's denoising noise (numpy) and its preprocessors
+  finetune.py         tasks from the user's own files (JSONL / TSV) and their metrics
+  statistics.py       examples as text and an objective's statistics (`t5lite inspect`)
+  pipeline.py         batched, packed tf.data pipelines over the registered tasks
+  vocab.py, gpt2_vocab.py, demo_corpus.py, peers.py
 """
-from typing import Mapping, Sequence
+import importlib
 
-import gin
-
-from t5lite.data.demo_corpus import DemoAssets
-from t5lite.data.demo_corpus import demo_assets
-from t5lite.data.pipeline import get_dataset
-from t5lite.data.sources import JsonLinesDataSource
-from t5lite.data.span_corruption import denoise
-from t5lite.data.span_corruption import noise_span_to_unique_sentinel
-from t5lite.data.span_corruption import nonnoise_span_to_unique_sentinel
-from t5lite.data.span_corruption import random_spans_helper
-from t5lite.data.span_corruption import random_spans_noise_mask
-from t5lite.data.span_corruption import reduce_concat_tokens
-from t5lite.data.span_corruption import select_random_chunk
-from t5lite.data.span_corruption import split_tokens
-from t5lite.data.span_corruption import split_tokens_to_inputs_length
-from t5lite.data.tasks import TASK_NAMES
-from t5lite.data.tasks import get_task_or_mixture
-from t5lite.data.tasks import register_tasks
-from t5lite.data.vocab import T5_VOCAB_PATH
-from t5lite.data.vocab import get_vocabulary
-from t5lite.data.vocab import train_vocabulary
-
-from t5lite.data.objective_tasks import register_mixture
-from t5lite.data.objective_tasks import register_objective_tasks
-
-register_tasks()
+# Imported on first use (PEP 562), so a worker process that needs only numpy parts of this
+# package (the cache reader, selection) does not load TensorFlow and seqio.
+_LAZY = {"get_dataset": "pipeline", "get_task_or_mixture": "tasks", "register_all": "tasks",
+         "get_vocabulary": "vocab"}
 
 
-@gin.configurable
-def register_all(mixtures: Mapping[str, Sequence[tuple[str, float]]] = ()) -> None:
-  """(Re-)registers every task with the gin-bound sources and vocabularies, then the user's
-  mixtures, e.g. in gin: register_all.mixtures = {'mix': [('c4_prefix_lm', 1.0), ('c4_ul2', 2.0)]}.
-  """
-  register_tasks()
-  register_objective_tasks()
-  for name, tasks_and_rates in dict(mixtures).items():
-    register_mixture(name, tasks_and_rates)
+def __getattr__(name):
+  if name in _LAZY:
+    return getattr(importlib.import_module(f"t5lite.data.{_LAZY[name]}"), name)
+  raise AttributeError(f"module 't5lite.data' has no attribute {name!r}")

@@ -21,6 +21,8 @@ import tempfile
 import warnings
 from typing import Iterator
 
+from t5lite.data.vocab import SentencePieceVocabulary
+
 NUM_TRAIN_SHARDS = 4
 VALIDATION_EVERY = 20  # every 20th document goes to validation
 VOCAB_SIZE = 3000
@@ -146,6 +148,18 @@ def _lock(path: str):
       yield
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class DemoVocabulary(SentencePieceVocabulary):
+  """The demo corpus's vocabulary; the demo assets are built on its first use."""
+
+  def __init__(self, extra_ids: int = 100):
+    super().__init__(_paths(cache_dir()).vocab_path, extra_ids=extra_ids)
+
+  def _model_context(self):
+    if not self._model:
+      demo_assets()
+    return super()._model_context()
 
 
 def demo_assets() -> DemoAssets:

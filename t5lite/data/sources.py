@@ -1,33 +1,121 @@
-"""allenai/c4-style JSON-lines shards (`*.json.gz`, local or gs://) as a seqio DataSource."""
+"""Where text and vocabularies come from: one configuration (`Sources`) for every task family.
+
+gin_configs/sources.gin, parsed first by every command, binds its fields to the macros
+VOCABULARY_PATH, C4_JSON_FILES, C4_JSON_VALIDATION_FILES, TFDS_DATA_DIR and GPT2_BPE_DIR, so
+`--gin.VOCABULARY_PATH=...` reaches every task (span corruption, BART, UL2, ...) in every command.
+
+Three text sources, each a seqio DataSource with "train" and "validation" splits of {"text"}:
+  c4       TFDS c4/en (`tfds_version`, `tfds_data_dir`)
+  c4_json  allenai/c4-style JSON-lines shards (`*.json.gz`, local or gs://)
+  demo     the embedded corpus (demo_corpus.py), built on first read
+"""
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import json
 import os
-from typing import Callable, Mapping, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
+import gin
 import seqio
 import tensorflow as tf
 
+from t5lite import files
+from t5lite.data import demo_corpus
+from t5lite.data.gpt2_vocab import GPT2BPEVocabulary
+from t5lite.data.vocab import T5_VOCAB_PATH
+from t5lite.data.vocab import SentencePieceVocabulary
+
 Patterns = Union[str, Sequence[str]]
+GPT2_BPE_DIR = os.path.join(
+    os.environ.get("T5LITE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "t5lite"),
+    "gpt2_bpe")
+SOURCE_NAMES = ("c4", "c4_json", "demo")
 
 
-def _parse_text(raw) -> bytes:
-  return json.loads(raw.numpy())["text"].encode("utf-8")
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class Sources:
+  """Text sources and vocabularies of the registered tasks (nothing is read until a dataset is).
+
+  vocabulary_path: T5 SentencePiece model (local or gs://) of the c4 / c4_json T5-style tasks.
+  gpt2_bpe_dir: GPT-2 BPE files of the c4 / c4_json BART tasks (encoder.json + vocab.bpe, or HF
+    BART's vocab.json + merges.txt); None means $T5LITE_CACHE/gpt2_bpe.
+  """
+  vocabulary_path: str = T5_VOCAB_PATH
+  c4_json_files: Patterns = "gs://allenai-c4/en/c4-train.*-of-01024.json.gz"
+  c4_json_validation_files: Optional[Patterns] = (
+      "gs://allenai-c4/en/c4-validation.*-of-00008.json.gz")
+  tfds_version: str = "3.1.0"
+  tfds_data_dir: Optional[str] = None
+  gpt2_bpe_dir: Optional[str] = None
+
+  def t5_vocabulary(self) -> SentencePieceVocabulary:
+    return SentencePieceVocabulary(str(self.vocabulary_path), extra_ids=100)
+
+  def gpt2_vocabulary(self) -> GPT2BPEVocabulary:
+    return GPT2BPEVocabulary(self.gpt2_bpe_dir or GPT2_BPE_DIR)
+
+  def source(self, name: str) -> seqio.DataSource:
+    """The DataSource of one of SOURCE_NAMES."""
+    if name == "c4":
+      return seqio.TfdsDataSource(f"c4/en:{self.tfds_version}", tfds_data_dir=self.tfds_data_dir)
+    if name == "c4_json":
+      return json_source(self.c4_json_files, self.c4_json_validation_files)
+    if name == "demo":
+      return JsonLinesDataSource(_LazyPatterns(_demo_patterns, ("train", "validation")))
+    raise ValueError(f"unknown source {name!r}; expected one of {SOURCE_NAMES}")
+
+  def vocabularies(self, name: str) -> tuple[seqio.Vocabulary, seqio.Vocabulary]:
+    """(T5-style vocabulary, BART vocabulary) of a source: the demo uses its own for both."""
+    if name == "demo":
+      demo = demo_corpus.DemoVocabulary()
+      return demo, demo
+    return self.t5_vocabulary(), self.gpt2_vocabulary()
+
+
+# ----------------------------------------------------------------------------- JSON lines
+
+
+class RecordError(ValueError):
+  """A JSON line that is not a JSON object with a string `text` field."""
+
+
+def parse_text(raw: bytes, key: str = "text") -> str:
+  """The `key` field of one JSON line; RecordError saying what is wrong with it."""
+  try:
+    record = json.loads(raw)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise RecordError(f"not a JSON line ({e})") from None
+  if not isinstance(record, dict) or not isinstance(record.get(key), str):
+    keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+    raise RecordError(f"no string {key!r} field (has {keys})")
+  return record[key]
+
+
+def _text_or_empty(raw) -> bytes:
+  try:
+    return parse_text(raw.numpy()).encode("utf-8")
+  except RecordError:
+    return b""  # dropped by the filter below, like an empty document
 
 
 def decode_json_text(line: tf.Tensor) -> dict[str, tf.Tensor]:
-  """One JSON line -> {"text": string scalar}; other keys (url, timestamp) are ignored."""
+  """One JSON line -> {"text": string scalar}; other keys (url, timestamp) are ignored, and a line
+  without a string `text` becomes "" (then dropped)."""
   # TF has no JSON op; Python's json is exact for every escape and is not the bottleneck.
-  text = tf.py_function(_parse_text, [line], tf.string)
+  text = tf.py_function(_text_or_empty, [line], tf.string)
   text.set_shape([])
   return {"text": text}
 
 
 def read_json_lines(path: tf.Tensor) -> tf.data.Dataset:
-  """Lines of one file (gzip when the name ends .gz), decoded to {"text": ...}."""
+  """Non-empty texts of one file (gzip when the name ends .gz)."""
   compression = tf.where(tf.strings.regex_full_match(path, r".*\.gz"), "GZIP", "")
   lines = tf.data.TextLineDataset(path, compression_type=compression)
-  return lines.map(decode_json_text, num_parallel_calls=tf.data.AUTOTUNE)
+  texts = lines.map(decode_json_text, num_parallel_calls=tf.data.AUTOTUNE)
+  return texts.filter(lambda x: tf.strings.length(x["text"]) > 0)
 
 
 class JsonLinesDataSource(seqio.FileDataSource):
@@ -39,13 +127,37 @@ class JsonLinesDataSource(seqio.FileDataSource):
     super().__init__(read_file_fn=reader, split_to_filepattern=split_to_filepattern)
 
   def list_shards(self, split: str) -> Sequence[str]:
-    patterns = self._split_to_filepattern[split]
-    patterns = [patterns] if isinstance(patterns, (str, os.PathLike)) else list(patterns)
-    files = []
-    for pattern in patterns:
-      matched = sorted(tf.io.gfile.glob(os.fspath(pattern)))
-      if not matched:
-        raise FileNotFoundError(f"no file matches the JSON shard pattern {pattern!r} "
-                                f"(split {split!r})")
-      files.extend(matched)
-    return files
+    return files.glob_all(self._split_to_filepattern[split], f"JSON shards of split {split!r}")
+
+
+def json_source(train: Patterns, validation: Optional[Patterns] = None) -> JsonLinesDataSource:
+  """allenai/c4-style JSON shards for "train" (and "validation" when given)."""
+  splits = {"train": train}
+  if validation is not None:
+    splits["validation"] = validation
+  return JsonLinesDataSource(splits)
+
+
+class _LazyPatterns(collections.abc.Mapping):
+  """split -> file pattern, computed on first read (the demo shards are built then)."""
+
+  def __init__(self, fn: Callable[[], Mapping[str, Patterns]], splits: Sequence[str]):
+    self._fn = fn
+    self._splits = tuple(splits)
+
+  def __getitem__(self, split):
+    return self._fn()[split]
+
+  def __iter__(self):
+    return iter(self._splits)
+
+  def __len__(self):
+    return len(self._splits)
+
+  def __repr__(self):
+    return f"_LazyPatterns({self._fn.__name__})"
+
+
+def _demo_patterns() -> Mapping[str, str]:
+  assets = demo_corpus.demo_assets()
+  return {"train": assets.train_pattern, "validation": assets.validation_pattern}

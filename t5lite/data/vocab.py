@@ -1,12 +1,10 @@
 """SentencePiece vocabularies: load one (local or gs://), or train one with T5's conventions."""
 from __future__ import annotations
 
-import argparse
 import gzip
 import io
 import json
 import os
-import sys
 from typing import Iterable, Iterator, Sequence
 
 import seqio
@@ -30,6 +28,15 @@ def get_vocabulary(path: str = T5_VOCAB_PATH, extra_ids: int = 100) -> SentenceP
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"SentencePiece model not found: {path}")
   return SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+def detokenize(vocabulary: seqio.Vocabulary, ids: Iterable[int]) -> str:
+  """The text of token ids up to the first EOS, seqio's padding (0) dropped; sentinels
+  (<extra_id_N>) stay visible."""
+  ids = [int(t) for t in ids]
+  if vocabulary.eos_id in ids:
+    ids = ids[:ids.index(vocabulary.eos_id)]
+  return vocabulary.decode([t for t in ids if t != 0])
 
 
 def iter_text_lines(input_patterns: Iterable[str], max_chars_per_line: int = 8192) -> Iterator[str]:
@@ -88,34 +95,3 @@ def train_vocabulary(input_patterns: Sequence[str] | str, output_path: str, voca
     f.write(model.getvalue())
   tf.io.gfile.rename(tmp, output_path, overwrite=True)
   return output_path
-
-
-def cli(argv: list[str]) -> int:
-  """`t5lite vocab --input PATTERN [--input ...] --output PATH --vocab_size N` (argv after `vocab`)."""
-  if argv and argv[0] == "vocab":
-    argv = argv[1:]
-  parser = argparse.ArgumentParser(
-      prog="t5lite vocab",
-      description="Train a T5-style SentencePiece vocabulary (pad 0, eos 1, unk 2, no BOS) from "
-                  "JSON-lines shards (key `text`, .gz allowed) or plain text files.")
-  parser.add_argument("--input", action="append", required=True,
-                      help="file pattern (local or gs://); repeat for several")
-  parser.add_argument("--output", required=True, help="where to write the .model file")
-  parser.add_argument("--vocab_size", type=int, default=32000)
-  parser.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
-  parser.add_argument("--character_coverage", type=float, default=0.9995)
-  parser.add_argument("--input_sentence_size", type=int, default=10_000_000,
-                      help="train on a random sample of this many lines (0: all)")
-  parser.add_argument("--num_threads", type=int, default=1)
-  args = parser.parse_args(argv)
-  try:
-    path = train_vocabulary(args.input, args.output, vocab_size=args.vocab_size,
-                            model_type=args.model_type,
-                            character_coverage=args.character_coverage,
-                            input_sentence_size=args.input_sentence_size,
-                            num_threads=args.num_threads)
-  except FileNotFoundError as e:
-    print(f"t5lite vocab: {e}", file=sys.stderr)
-    return 2
-  print(f"wrote {path} ({args.vocab_size} pieces)")
-  return 0

@@ -24,7 +24,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5lite.data.vocab import T5_VOCAB_PATH
+from t5lite.data.sources import Sources
 from t5lite.data.vocab import SentencePieceVocabulary
 
 FORMATS = ("jsonl", "tsv")
@@ -139,7 +139,7 @@ def register_user_task(name: str = gin.REQUIRED, train_files: Patterns = gin.REQ
                        validation_files: Patterns | None = None,
                        format: str = "jsonl",  # pylint: disable=redefined-builtin
                        metrics: Sequence[str] = ("exact_match",),
-                       vocabulary_path: str = T5_VOCAB_PATH, extra_ids: int = 100,
+                       vocabulary_path: str | None = None, extra_ids: int = 100,
                        inputs_key: str = "inputs", targets_key: str = "targets") -> str:
   """(Re-)registers the seqio Task `name` over the user's files; returns `name`.
 
@@ -150,7 +150,8 @@ def register_user_task(name: str = gin.REQUIRED, train_files: Patterns = gin.REQ
   if missing:
     raise ValueError(f"register_user_task needs {', '.join(missing)}: bind "
                      f"register_user_task.{missing[0]} in gin")
-  vocabulary = SentencePieceVocabulary(str(vocabulary_path), extra_ids=extra_ids)
+  vocabulary = SentencePieceVocabulary(str(vocabulary_path or Sources().vocabulary_path),
+                                       extra_ids=extra_ids)
   features = {"inputs": seqio.Feature(vocabulary, add_eos=True),
               "targets": seqio.Feature(vocabulary, add_eos=True)}
   seqio.TaskRegistry.remove(name)

@@ -1,4 +1,4 @@
-"""t5lite.hostmem: glibc keeps freed memory, so XLA:CPU's per-call buffers stop page-faulting."""
+"""t5lite.backend.tune_host_memory: glibc keeps freed memory, so XLA:CPU's per-call buffers stop page-faulting."""
 import os
 import subprocess
 import sys
@@ -15,7 +15,7 @@ for _ in range(3):
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
     f(x).block_until_ready()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, t5lite.hostmem.applied)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, t5lite.backend.malloc_tuned)
 """
 
 

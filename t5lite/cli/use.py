@@ -1,0 +1,108 @@
+"""`t5lite score` and `t5lite infer`: a run folder on JSON lines, JSON lines out.
+
+  t5lite score --model_dir DIR --input FILE.jsonl [--output FILE]     {"inputs", "targets"} lines
+  t5lite infer --model_dir DIR --input FILE.jsonl [--output FILE] [--decoder greedy|beam|sample]
+
+The run's vocabulary is, in order: --vocabulary, the folder's own spiece.model (or BART's
+vocab.json + merges.txt), the vocabulary of the task it trained on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Iterable, Optional, Sequence
+
+from t5lite import files, gin_files, inference
+from t5lite.cli import common
+
+
+def read_jsonl(path: str, required: Sequence[str]) -> list[dict]:
+  """JSON objects, one per non-empty line; errors name file:line and what is wrong."""
+  if not files.exists(path):
+    raise FileNotFoundError(f"input file not found: {path}")
+  rows = []
+  with files.open_file(path, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
+      missing = [k for k in required if not isinstance(row, dict) or k not in row]
+      if missing:
+        have = sorted(row) if isinstance(row, dict) else type(row).__name__
+        raise ValueError(f"{path}:{n}: missing key {missing[0]!r} (expected keys "
+                         f"{list(required)}; the line has {have})")
+      rows.append(row)
+  return rows
+
+
+def write_jsonl(rows: Iterable[dict], path: Optional[str]) -> None:
+  """To `path`, or stdout when None; only process 0 writes."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return
+  text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+  if path is None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return
+  files.write_text(path, text)
+
+
+def _parse(prog: str, description: str, argv: Sequence[str], add_flags):
+  parser = argparse.ArgumentParser(prog=prog, description=description)
+  common.add_run_flags(parser)
+  parser.add_argument("--input", required=True, help="JSON lines file")
+  parser.add_argument("--output", default=None, help="JSON lines file (default: stdout)")
+  parser.add_argument("--inputs_length", type=int, default=None,
+                      help="trim inputs to this many tokens, EOS included (default: no trim)")
+  add_flags(parser)
+  return common.parse_args(parser, argv)
+
+
+def score_main(argv: Sequence[str]) -> int:
+  def flags(parser):
+    parser.add_argument("--targets_length", type=int, default=None,
+                        help="trim targets to this many tokens, EOS included (default: no trim)")
+  args = _parse(
+      "t5lite score", "Log-likelihood of each line's targets given its inputs (JSON lines "
+      '{"inputs": ..., "targets": ...}); writes log_likelihood and token_log_likelihoods.',
+      argv, flags)
+  examples = read_jsonl(args.input, ("inputs", "targets"))
+  run = common.load_run(args)
+  write_jsonl(inference.score(run, examples, args.batch_size, args.inputs_length,
+                              args.targets_length), args.output)
+  return 0
+
+
+def infer_main(argv: Sequence[str]) -> int:
+  def flags(parser):
+    parser.add_argument("--decoder", default="greedy", choices=inference.DECODERS)
+    parser.add_argument("--max_decode_length", type=int, default=None,
+                        help="default: the run's targets length, else 128")
+    parser.add_argument("--beam_size", type=int, default=4)
+    parser.add_argument("--length_penalty", type=float, default=0.6, help="beam search alpha")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling; 0 = argmax")
+    parser.add_argument("--top_k", type=int, default=0, help="sampling; 0 = all")
+    parser.add_argument("--top_p", type=float, default=1.0, help="sampling (nucleus)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling")
+  args = _parse(
+      "t5lite infer", 'Decode a prediction for each JSON line {"inputs": ...}; writes the line '
+      'with "prediction" added.', argv, flags)
+  examples = read_jsonl(args.input, ("inputs",))
+  run = common.load_run(args)
+  max_len = args.max_decode_length or (gin_files.query("train.task_feature_lengths") or {}).get(
+      "targets", 128)
+  rows = inference.infer(run, examples, max_len, args.inputs_length, decoder=args.decoder,
+                         batch_size=args.batch_size, beam_size=args.beam_size,
+                         length_penalty=args.length_penalty, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+  write_jsonl(rows, args.output)
+  return 0

@@ -1,0 +1,70 @@
+"""Finding and parsing gin files: the installed gin_configs/ and search paths.
+
+The modules that declare configurables must be imported before a parse (the commands do it:
+cli/common.register_configurables). Every parse starts from `sources.gin` (where data and vocabularies come from: VOCABULARY_PATH,
+C4_JSON_FILES, ... as macros), so `--gin.VOCABULARY_PATH=...` reaches every task family and
+every command, with or without a run config.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Sequence
+
+import gin
+
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+DEFAULTS = "sources.gin"
+
+
+def config_dirs() -> list[str]:
+  """Installed gin_configs/ (wheel: t5lite/gin_configs; checkout: the repository's gin_configs/)."""
+  dirs = [PACKAGE_DIR / "gin_configs", PACKAGE_DIR.parent / "gin_configs"]
+  return [str(d) for d in dirs if d.is_dir()]
+
+
+def resolve(name: str, search_paths: Sequence[str] = ()) -> str:
+  """A gin file's path: as given (local or gs://), else under the search paths then gin_configs/."""
+  if os.path.exists(name) or "://" in name:
+    return name
+  search = list(search_paths) + config_dirs()
+  for d in search:
+    candidate = os.path.join(d, name)
+    if os.path.exists(candidate):
+      return candidate
+  raise FileNotFoundError(f"gin file {name!r} not found; searched the current folder and "
+                          f"{', '.join(search) or '(no search paths)'}")
+
+
+def parse(files: Sequence[str] = (), bindings: Sequence[str] = (),
+          search_paths: Sequence[str] = (), skip_unknown: bool = False) -> None:
+  """Parses sources.gin, then `files` (resolved with `resolve`), then `bindings`, on top of the
+  current gin config. skip_unknown ignores bindings of configurables this version lacks (for a run
+  folder written by another version)."""
+  from t5lite.data import sources  # pylint: disable=g-import-not-at-top,unused-import  (sources.gin)
+  for path in list(search_paths) + config_dirs() + [os.getcwd()]:
+    gin.add_config_file_search_path(path)
+  _use_plain_file_readers()
+  paths = [resolve(DEFAULTS)] + [resolve(f, search_paths) for f in files]
+  gin.parse_config_files_and_bindings(paths, list(bindings), finalize_config=False,
+                                      skip_unknown=skip_unknown)
+
+
+def _use_plain_file_readers() -> None:
+  """Drops gin's Python-package resource reader: it treats `include 'runs/x.gin'` as package
+  `runs` and crashes when the cwd holds a folder of that name (e.g. the demo's runs/ output)."""
+  readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  readers[:] = [r for r in readers if getattr(r[0], "__module__", "") != "gin.resource_reader"]
+
+
+def query(selector: str, default: Any = None) -> Any:
+  """A bound gin value (`train.batch_size`, or a macro as `%NAME`), `default` when unbound or
+  REQUIRED. A `@fn()` reference is evaluated (e.g. the user's task registration, which returns
+  the task name)."""
+  try:
+    value = gin.query_parameter(selector)
+  except ValueError:
+    return default
+  if isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
+    value = value.scoped_configurable_fn()
+  return default if value is gin.REQUIRED else value
