@@ -3,6 +3,7 @@ import collections
 import gzip
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -112,8 +113,10 @@ def test_span_fast_path_equals_sentinel_functions(num_sentinels):
     for d, m in ((0.15, 3.0), (0.5, 3.0), (0.15, 64.0)):
       tokens = np.arange(10, 10 + n, dtype=np.int32)
       mask = noise.random_spans_noise_mask(n, d, m, noise.example_rng(7, n))
-      fn = noise._spans_noise(1000, num_sentinels, d, m, 568)  # pylint: disable=protected-access
-      inputs, targets = fn(tokens, noise.example_rng(7, n))  # the same draws as the mask's
+      inputs, targets = noise._spans_noise(  # pylint: disable=protected-access
+          tokens, noise.example_rng(7, n), vocab_size=1000, num_sentinels=num_sentinels,
+          noise_density=d, mean_noise_span_length=m,
+          sentinels=noise.sentinel_ids(1000, 2, num_sentinels))  # the mask's draws; more spans
       np.testing.assert_array_equal(inputs, noise.noise_span_to_sentinel(
           tokens, mask, 1000, num_sentinels))
       np.testing.assert_array_equal(targets, noise.nonnoise_span_to_sentinel(
@@ -235,7 +238,9 @@ def test_determinism(t5, t5_stream):
   objective = noise.Objective("span_corruption", SC_LENGTHS, t5)
   piece = t5_stream[:objective.raw_length()]
   once = objective(piece, noise.example_rng(9, 123))
-  np.testing.assert_array_equal(once["inputs"], objective(piece, noise.example_rng(9, 123))["inputs"])
+  again = objective(piece, noise.example_rng(9, 123))
+  np.testing.assert_array_equal(once["inputs"], again["inputs"])
+  np.testing.assert_array_equal(once["targets"], again["targets"])
   assert not np.array_equal(once["inputs"], objective(piece, noise.example_rng(9, 124))["inputs"])
   assert not np.array_equal(once["inputs"], objective(piece, noise.example_rng(10, 123))["inputs"])
   # Any call order (other workers, a restart) gives example i the same noise.
@@ -246,6 +251,17 @@ def test_determinism(t5, t5_stream):
   for i, ex in enumerate(forward):
     np.testing.assert_array_equal(ex["inputs"], shuffled[i]["inputs"])
     np.testing.assert_array_equal(ex["targets"], shuffled[i]["targets"])
+
+
+def test_objectives_pickle(t5, gpt2):
+  """grain's worker processes get the Objective pickled: the same examples come back."""
+  tokens = np.arange(3, 1003, dtype=np.int32)
+  for name, vocab in (("span_corruption", t5), ("bart_denoising", gpt2), ("prefix_lm", t5)):
+    objective = noise.Objective(name, {"inputs": 512, "targets": 512}, vocab)
+    clone = pickle.loads(pickle.dumps(objective))
+    a, b = objective(tokens, noise.example_rng(0, 5)), clone(tokens, noise.example_rng(0, 5))
+    np.testing.assert_array_equal(a["inputs"], b["inputs"])
+    np.testing.assert_array_equal(a["targets"], b["targets"])
 
 
 # --- span corruption and UL2 on real C4 --------------------------------------------------------
@@ -263,7 +279,8 @@ def test_span_corruption_on_c4(t5, t5_stream):
     inputs, targets = strip_eos(inputs), strip_eos(targets)
     np.testing.assert_array_equal(merge_spans(inputs, targets, is_sentinel), piece)
     k = int(np.sum(is_sentinel(targets)))
-    assert list(targets[is_sentinel(targets)]) == list(range(first_sentinel, first_sentinel - k, -1))
+    np.testing.assert_array_equal(targets[is_sentinel(targets)],
+                                  np.arange(first_sentinel, first_sentinel - k, -1))
     np.testing.assert_array_equal(inputs[is_sentinel(inputs)], targets[is_sentinel(targets)])
     spans += k
     noise_tokens += len(targets) - k

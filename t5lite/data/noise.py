@@ -50,7 +50,7 @@ def example_rng(seed: int, index: int) -> np.random.Generator:
 
   A counter-based generator whose key is a stream id by design (Salmon et al. 2011: distinct keys
   give independent streams, BigCrush-clean), so (seed, index) needs no hashing. Equal to
-  Generator(Philox(key=(seed << 64) | index)), built without Philox's own SeedSequence and key
+  Generator(Philox(key=(seed << 64) + index)), built without Philox's own SeedSequence and key
   parsing, which cost more than the noise of a span corruption example.
   """
   if not 0 <= seed < 1 << 64 or not 0 <= index < 1 << 64:
@@ -62,7 +62,8 @@ def example_rng(seed: int, index: int) -> np.random.Generator:
 # Noise masks (span_corruption.random_spans_noise_mask, objectives' T5 masks)
 # ---------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=256)
-def span_counts(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
+def span_counts(length: int, noise_density: float,
+                mean_noise_span_length: float) -> tuple[int, int]:
   """(num_noise, num_spans) of a span mask over max(length, 2) tokens, in TF's float32 math."""
   length = max(length, 2)
   num_noise = int(np.round(np.float32(length) * np.float32(noise_density)))
@@ -226,93 +227,88 @@ def noise_token_to_random_token_or_sentinel(tokens: np.ndarray, noise_mask: np.n
 # ---------------------------------------------------------------------------------------------
 # Objectives: noise functions (tokens, rng) -> (inputs, targets), before the mode prefix and EOS
 # ---------------------------------------------------------------------------------------------
-def _spans_noise(vocab_size: int, num_sentinels: int, noise_density: float,
-                 mean_noise_span_length: float, max_length: int) -> Noise:
+# Module-level functions bound by functools.partial: an Objective pickles (grain workers).
+def _spans_noise(tokens, rng, *, vocab_size: int, num_sentinels: int, noise_density: float,
+                 mean_noise_span_length: float, sentinels: np.ndarray):
   """Span corruption / UL2 R, X: sentinels unique (num_sentinels 0) or repeating."""
-  table = sentinel_ids(vocab_size, max_length // 2 + 1, num_sentinels)  # spans <= tokens / 2
-
-  def noise(tokens, rng):
-    n = len(tokens)
-    if noise_density == 0.0 or n < 2:  # TF's sentinel functions on the mask
-      mask = random_spans_noise_mask(n, noise_density, mean_noise_span_length, rng)
-      return (noise_span_to_sentinel(tokens, mask, vocab_size, num_sentinels),
-              nonnoise_span_to_sentinel(tokens, mask, vocab_size, num_sentinels))
-    starts = random_span_starts(n, noise_density, mean_noise_span_length, rng)
-    return _span_corrupt(tokens, *starts, table if n <= max_length else sentinel_ids(
-        vocab_size, n // 2 + 1, num_sentinels))
-  return noise
-
-
-def _prefix_noise(noise_density: float) -> Noise:
-  if noise_density > 0.5:
-    raise ValueError(f"prefix LM noise density must be <= 0.5; got {noise_density}")
-
-  def noise(tokens, rng):
-    k = max(_prefix_inputs(len(tokens), noise_density, rng), 0)
-    return tokens[:k], tokens[k:]
-  return noise
-
-
-def _iid_noise(vocab_size: int, num_sentinels: int, noise_density: float) -> Noise:
-  def noise(tokens, rng):
-    mask = iid_noise_mask(len(tokens), noise_density, rng)
+  n = len(tokens)
+  if noise_density == 0.0 or n < 2:  # TF's sentinel functions on the mask
+    mask = random_spans_noise_mask(n, noise_density, mean_noise_span_length, rng)
     return (noise_span_to_sentinel(tokens, mask, vocab_size, num_sentinels),
             nonnoise_span_to_sentinel(tokens, mask, vocab_size, num_sentinels))
-  return noise
+  starts = random_span_starts(n, noise_density, mean_noise_span_length, rng)
+  if len(sentinels) < len(starts[0]):  # a piece longer than raw_length
+    sentinels = sentinel_ids(vocab_size, len(starts[0]), num_sentinels)
+  return _span_corrupt(tokens, *starts, sentinels)
 
 
-def _bert_noise(vocab_size: int, noise_density: float, random_prob: float) -> Noise:
-  def noise(tokens, rng):
-    mask = iid_noise_mask(len(tokens), noise_density, rng)
-    return noise_token_to_random_token_or_sentinel(tokens, mask, vocab_size, rng,
-                                                   random_prob), tokens
-  return noise
+def _prefix_noise(tokens, rng, *, noise_density: float):
+  k = max(_prefix_inputs(len(tokens), noise_density, rng), 0)
+  return tokens[:k], tokens[k:]
+
+
+def _iid_noise(tokens, rng, *, vocab_size: int, num_sentinels: int, noise_density: float):
+  mask = iid_noise_mask(len(tokens), noise_density, rng)
+  return (noise_span_to_sentinel(tokens, mask, vocab_size, num_sentinels),
+          nonnoise_span_to_sentinel(tokens, mask, vocab_size, num_sentinels))
+
+
+def _bert_noise(tokens, rng, *, vocab_size: int, noise_density: float, random_prob: float):
+  mask = iid_noise_mask(len(tokens), noise_density, rng)
+  return noise_token_to_random_token_or_sentinel(tokens, mask, vocab_size, rng,
+                                                 random_prob), tokens
 
 
 def _deshuffle_noise(tokens, rng):
   return rng.permutation(tokens), tokens
 
 
+def _bart_noise(tokens, rng, **kwargs):
+  return bart_noise(tokens, rng, **kwargs), tokens
+
+
 _BART_NOISE_ARGS = frozenset(inspect.signature(bart_noise).parameters) - {
     "tokens", "rng", "info", "stats"}
-# What each BART preprocessor fixes in bart_noise (objectives.py: bart_token_deletion, ...).
-_BART_FIXED = {
-    "bart_token_deletion": lambda kw: dict(mask_ratio=kw["ratio"], poisson_lambda=None,
-                                           random_ratio=0.0, replace_length=0, whole_words=False),
-    "bart_document_rotation": lambda kw: dict(rotate_ratio=1.0),
-}
 
 
-def _bart_noise(name: str, vocabulary: seqio.Vocabulary, kwargs: Mapping) -> Noise:
-  info = bart_vocab_info(vocabulary)
+def _bart_noise_kwargs(name: str, kwargs: Mapping) -> dict:
+  """bart_noise's arguments as each BART preprocessor of objectives.py passes them."""
   noise_kwargs = {k: v for k, v in kwargs.items() if k in _BART_NOISE_ARGS}
-  noise_kwargs.update(_BART_FIXED.get(name, lambda kw: {})(kwargs))
-
-  def noise(tokens, rng):
-    return bart_noise(tokens, rng, info, **noise_kwargs), tokens
-  return noise
+  if name == "bart_token_deletion":
+    noise_kwargs.update(mask_ratio=kwargs["ratio"], poisson_lambda=None, random_ratio=0.0,
+                        replace_length=0, whole_words=False)
+  elif name == "bart_document_rotation":
+    noise_kwargs.update(rotate_ratio=1.0)
+  return noise_kwargs
 
 
 def _make_noise(name: str, vocabulary: seqio.Vocabulary, kwargs: Mapping,
                 raw_length: int) -> Noise:
   vocab_size = vocabulary.vocab_size
   extra_ids = max(vocabulary.extra_ids, 0)  # UL2 / iid sentinels repeat after these
-  if name == "span_corruption":
-    return _spans_noise(vocab_size, 0, kwargs["noise_density"],
-                        kwargs["mean_noise_span_length"], raw_length)
-  if name == "ul2_denoiser":
-    return _spans_noise(vocab_size, extra_ids, kwargs["noise_density"],
-                        kwargs["mean_noise_span_length"], raw_length)
+  if name in ("span_corruption", "ul2_denoiser"):
+    num_sentinels = 0 if name == "span_corruption" else extra_ids
+    return functools.partial(
+        _spans_noise, vocab_size=vocab_size, num_sentinels=num_sentinels,
+        noise_density=kwargs["noise_density"],
+        mean_noise_span_length=kwargs["mean_noise_span_length"],
+        sentinels=sentinel_ids(vocab_size, raw_length // 2 + 1, num_sentinels))  # spans <= n/2
   if name in ("prefix_lm", "ul2_prefix_lm"):
-    return _prefix_noise(kwargs["noise_density"])
+    if kwargs["noise_density"] > 0.5:
+      raise ValueError(f"prefix LM noise density must be <= 0.5; got {kwargs['noise_density']}")
+    return functools.partial(_prefix_noise, noise_density=kwargs["noise_density"])
   if name == "iid_denoising":
-    return _iid_noise(vocab_size, extra_ids, kwargs["noise_density"])
+    return functools.partial(_iid_noise, vocab_size=vocab_size, num_sentinels=extra_ids,
+                             noise_density=kwargs["noise_density"])
   if name == "bert_style_denoising":
-    return _bert_noise(vocab_size, kwargs["noise_density"], kwargs["random_prob"])
+    return functools.partial(_bert_noise, vocab_size=vocab_size,
+                             noise_density=kwargs["noise_density"],
+                             random_prob=kwargs["random_prob"])
   if name == "deshuffling":
     return _deshuffle_noise
   if name.startswith("bart_") and name in obj.OBJECTIVE_NAMES:
-    return _bart_noise(name, vocabulary, kwargs)
+    return functools.partial(_bart_noise, info=bart_vocab_info(vocabulary),
+                             **_bart_noise_kwargs(name, kwargs))
   raise ValueError(f"unknown objective {name!r}; expected one of {obj.OBJECTIVE_NAMES}")
 
 
