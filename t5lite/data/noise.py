@@ -2,7 +2,11 @@
 
 For the cached, index-addressed input path: the cache stores raw pieces of `raw_length()` tokens
 and each becomes an example here, with randomness drawn only from `example_rng(seed, index)`, so
-example `index` is the same whatever the process count, worker count or restart point.
+example `index` is the same whatever the process count, worker count or restart point:
+
+  objective = noise.for_task(seqio.get_mixture_or_task("c4_span_corruption"),
+                             {"inputs": 512, "targets": 114})      # raw_length() == 568
+  example = objective(piece_L, noise.example_rng(seed, index))   # {"inputs", "targets"}, EOS'd
 
 The definitions are those of the TF preprocessors (span_corruption.py, objectives.py): the same
 counts (float32 arithmetic and round-half-to-even, as tf.round), the same mask distributions,
@@ -87,14 +91,6 @@ def _cuts(keys: np.ndarray, num_parts: int) -> np.ndarray:
     cuts = np.sort(np.argsort(keys, kind="stable")[:num_parts - 1])
   cuts += 1
   return cuts
-
-
-def random_segmentation(num_items: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:
-  """num_items split into num_segments uniformly random positive parts; int64 [num_segments]."""
-  bounds = np.empty(num_segments + 1, np.int64)  # [segments + 1]: 0, cuts, num_items
-  bounds[0], bounds[-1] = 0, num_items
-  bounds[1:-1] = _cuts(rng.bit_generator.random_raw(num_items - 1), num_segments)
-  return np.diff(bounds)
 
 
 def random_span_starts(length: int, noise_density: float, mean_noise_span_length: float,
