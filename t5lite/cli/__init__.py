@@ -1,0 +1,1 @@
+"""t5lite's commands: one module per command, each with `main(argv: list[str]) -> int`."""
