@@ -248,3 +248,40 @@ def test_bad_cache_files_become_padding_rows_counted_by_file(cache_root, tmp_pat
 def test_missing_cache_names_the_build_command(cache_root, tmp_path):
   with pytest.raises(FileNotFoundError, match=f"t5lite cache c4_json_ul2 --output {tmp_path}"):
     stream(str(tmp_path), name="c4_json_ul2")
+
+
+def test_a_bad_record_leaves_out_only_its_rows_on_any_process_count(cache_root, tmp_path):
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  name = os.listdir(cache_root)[0]
+  shutil.copytree(os.path.join(cache_root, name), os.path.join(tmp_path, name))
+  meta = cache_lib.CacheMetadata.from_json(json.load(open(tmp_path / name / "metadata.json")))
+  path = str(tmp_path / name / meta.files[0].cache)
+  reader = array_record_module.ArrayRecordReader(path)
+  records = reader.read_all()
+  reader.close()
+  records[3] = records[3][:100]  # record 3 of file 0 no longer holds a whole block
+  writer = array_record_module.ArrayRecordWriter(path, cache_lib.WRITER_OPTIONS)
+  for record in records:
+    writer.write(record)
+  writer.close()
+  intact = stream(cache_root, batch_size=128, seed=2)
+  whole = stream(str(tmp_path), batch_size=128, seed=2)
+  halves = [stream(str(tmp_path), batch_size=128, seed=2, process_index=p, process_count=2)
+            for p in range(2)]
+  block = cache_lib.DEFAULT_BLOCK_TOKENS
+  hits = 0
+  assert whole.tasks[0].size <= 8 * 128  # 8 batches hold the whole first epoch
+  for b in range(8):
+    batch, stats = whole.batch_and_stats(b)
+    parts = [h.batch(b) for h in halves]
+    assert_batches_equal({k: np.concatenate([p[k] for p in parts]) for k in batch}, batch)
+    expected = intact.batch(b)
+    touched = []
+    for row in range(128):
+      _, f, start = whole.locate(b * 128 + row)
+      touched.append(f == 0 and start // block <= 3 <= (start + 509) // block)
+      for key in batch:
+        np.testing.assert_array_equal(batch[key][row], 0 if touched[-1] else expected[key][row])
+    assert stats["bad"] == ({meta.files[0].source: sum(touched)} if any(touched) else {})
+    hits += sum(touched)
+  assert hits == 5  # pieces 12..16 of 510 tokens overlap tokens 6144..8191 (record 3)

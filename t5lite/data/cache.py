@@ -160,7 +160,7 @@ class CacheKey:
       slug = f"{self.source['name']}-{self.source['split']}"
     else:
       slug = re.split(r"[.*?\[]", os.path.basename(self.source["patterns"][0]))[0] or "files"
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", slug).strip("-") or "files"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", slug).strip("-.") or "files"
     return f"{slug}.{self.digest[:8]}"
 
 
@@ -258,7 +258,7 @@ class TokenCache:
   """
 
   def __init__(self, directory: str, metadata: CacheMetadata):
-    if directory.startswith("gs://"):
+    if "://" in directory:
       raise ValueError(f"ArrayRecord reads local files; mount the bucket (e.g. gcsfuse) and point "
                        f"DATA_CACHE_DIR at the mount instead of {directory}")
     self.directory = directory
@@ -266,6 +266,7 @@ class TokenCache:
     self.dtype = np.dtype(metadata.dtype)
     self.block_tokens = metadata.block_tokens
     self._readers: dict[int, Any] = {}
+    self._failed: dict[int, str] = {}  # files that would not open: fail fast, same message
     self._lock = threading.Lock()
 
   def __getstate__(self):
@@ -291,15 +292,18 @@ class TokenCache:
       return reader
     from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
     with self._lock:
+      if index in self._failed:
+        raise ReadError(self._failed[index])
       if index not in self._readers:
         entry = self.metadata.files[index]
         path = os.path.join(self.directory, entry.cache)
         try:
           reader = array_record_module.ArrayRecordReader(path, READER_OPTIONS)
+          if reader.num_records() != entry.blocks:
+            raise ValueError(f"{reader.num_records()} records, metadata says {entry.blocks}")
         except Exception as e:  # pylint: disable=broad-except  # missing / unreadable file
-          raise ReadError(f"{path}: cannot open ({e})") from e
-        if reader.num_records() != entry.blocks:
-          raise ReadError(f"{path}: {reader.num_records()} records, metadata says {entry.blocks}")
+          self._failed[index] = f"{path}: cannot open ({e})"
+          raise ReadError(self._failed[index]) from e
         self._readers[index] = reader
       return self._readers[index]
 
@@ -310,10 +314,9 @@ class TokenCache:
     last = [(s + length - 1) // bt for s in starts]
     wanted = sorted({k for a, b in zip(first, last) for k in range(a, b + 1)})
     path = os.path.join(self.directory, self.metadata.files[file_index].cache)
+    reader = self._reader(file_index)
     try:
-      records = self._reader(file_index).read(wanted)  # one call: its parallel batched read
-    except ReadError:
-      raise
+      records = reader.read(wanted)  # one call for every piece of this file
     except Exception as e:  # pylint: disable=broad-except  # corrupt chunk
       raise ReadError(f"{path}: cannot read records ({e})") from e
     blocks = {}

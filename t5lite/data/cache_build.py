@@ -89,9 +89,9 @@ def _records(job: FileJob, skipped: collections.Counter, failure: dict) -> tf.da
   """The file's records as the source's reader yields them (before any preprocessing)."""
   from t5lite.data import sources  # pylint: disable=g-import-not-at-top
   source = job.source
-  if isinstance(source, seqio.TfdsDataSource):
-    instruction = source.tfds_dataset.files(job.split)[job.index]
-    return source.tfds_dataset.load_shard(instruction)
+  if isinstance(source, seqio.TfdsDataSource):  # as many shards as files: shard i is file i
+    return source.get_dataset(job.split, shuffle=False,
+                              shard_info=seqio.ShardInfo(job.index, job.count))
   reader = cache_lib._unwrap(source._reader)[0]  # pylint: disable=protected-access
   if reader is sources.read_json_lines:  # read here, to skip bad records instead of failing
     return tf.data.Dataset.from_generator(
@@ -150,9 +150,11 @@ def build_file(job: FileJob) -> dict[str, Any]:
   t0 = time.perf_counter()
   name = cache_lib.data_file(job.index, job.count)
   final = os.path.join(job.directory, name)
-  remote = job.directory.startswith("gs://")
+  remote = "://" in job.directory  # gs:// (any tf.io.gfile filesystem): write here, copy there
   tmp_dir = tempfile.mkdtemp(prefix="t5lite-cache-") if remote else None
   local = (os.path.join(tmp_dir, name) if remote else f"{final}.tmp-{os.getpid()}")
+  for stale in tf.io.gfile.glob(f"{final}.tmp-*"):  # left by a killed build of this file
+    tf.io.gfile.remove(stale)
   skipped, failure = collections.Counter(), {}
   try:
     tokens, blocks, documents = _write_blocks(job, local, skipped, failure)

@@ -148,6 +148,8 @@ class IndexedStream:
     self.process_index, self.process_count = process_index, process_count
     self.rows = batch_size // process_count
     self._rng_fn = rng_fn or noise_rng
+    self._warned: set[str] = set()
+    self._warn_lock = threading.Lock()
     factory = objective_factory or noise_objective
     caches: dict[str, cache_lib.TokenCache] = {}  # tasks on one source share one reader
     self.tasks, rates = [], []
@@ -171,6 +173,13 @@ class IndexedStream:
     per_batch = batch_size * examples_per_row
     self.num_batches = (None if self.num_examples is None
                         else -(-self.num_examples // per_batch))
+
+  def __getstate__(self):  # grain's worker processes get a copy
+    return {k: v for k, v in self.__dict__.items() if k != "_warn_lock"}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._warn_lock = threading.Lock()
 
   # -- addressing --------------------------------------------------------------------------
   @property
@@ -247,11 +256,8 @@ class IndexedStream:
       task = self.tasks[t]
       try:
         pieces = task.cache.read(f, [s for _, s in items], task.raw_length)
-      except cache_lib.ReadError as e:
-        source = task.cache.metadata.files[f].source
-        bad[source] = bad.get(source, 0) + len(items)
-        log.warning("t5lite data: %d examples of %s left out: %s", len(items), source, e)
-        continue
+      except cache_lib.ReadError:  # retry one by one: only the pieces that fail are left out
+        pieces = [self._read_one(task, f, start, bad) for _, start in items]
       for (n, _), piece in zip(items, pieces):
         tokens[n] = piece
     out = []
@@ -267,6 +273,18 @@ class IndexedStream:
                          f"{len(inputs)} / targets {len(targets)} ids, over {self.lengths}")
       out.append((inputs, targets))
     return out, bad
+
+  def _read_one(self, task: _Task, f: int, start: int, bad: dict) -> Optional[np.ndarray]:
+    try:
+      return task.cache.read(f, [start], task.raw_length)[0]
+    except cache_lib.ReadError as e:
+      source = task.cache.metadata.files[f].source
+      bad[source] = bad.get(source, 0) + 1
+      with self._warn_lock:
+        if source not in self._warned:  # once per file and process; the counters keep counting
+          self._warned.add(source)
+          log.warning("t5lite data: leaving out examples of %s: %s", source, e)
+      return None
 
   # -- iteration ---------------------------------------------------------------------------
   def state(self, next_batch: int) -> dict[str, Any]:
@@ -296,6 +314,9 @@ class IndexedStream:
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                  prefetch_buffer_size=prefetch))
     if worker_processes:
+      from absl import flags  # pylint: disable=g-import-not-at-top
+      if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; t5lite parses none
+        flags.FLAGS.mark_as_parsed()
       it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_processes))
     return StreamIterator(self, start, iter(it_ds))
 
