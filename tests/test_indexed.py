@@ -171,6 +171,10 @@ def test_iterator_state_is_small_and_resumes_the_stream(cache_root):
     stream(cache_root, seed=10).iterator(state=state)
   with pytest.raises(ValueError, match="batch_size"):
     stream(cache_root, seed=9, batch_size=16).iterator(state=state)
+  with pytest.raises(ValueError, match="fingerprint"):
+    stream(cache_root, name="c4_json_ul2", seed=9).iterator(state=state)
+  longer = stream(cache_root, seed=9, lengths={"inputs": 1024, "targets": 114})
+  assert longer.iterator(state=state).next_batch == 7  # other lengths: same data, same position
 
 
 def test_time_to_first_batch_does_not_grow_with_the_step(cache_root):
@@ -259,7 +263,7 @@ def test_a_bad_record_leaves_out_only_its_rows_on_any_process_count(cache_root, 
   reader = array_record_module.ArrayRecordReader(path)
   records = reader.read_all()
   reader.close()
-  records[3] = records[3][:100]  # record 3 of file 0 no longer holds a whole block
+  records[3] = records[3][:101]  # record 3 of file 0 no longer holds a whole block (nor ids)
   writer = array_record_module.ArrayRecordWriter(path, cache_lib.WRITER_OPTIONS)
   for record in records:
     writer.write(record)

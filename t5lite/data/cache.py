@@ -320,11 +320,12 @@ class TokenCache:
     except Exception as e:  # pylint: disable=broad-except  # corrupt chunk
       raise ReadError(f"{path}: cannot read records ({e})") from e
     blocks = {}
+    tokens = self.metadata.files[file_index].tokens
     for k, record in zip(wanted, records):
-      block = np.frombuffer(record, dtype=self.dtype)
-      if len(block) != bt and k != self.metadata.files[file_index].blocks - 1:
-        raise ReadError(f"{path}: record {k} has {len(block)} ids, expected {bt}")
-      blocks[k] = block
+      size = min(bt, tokens - k * bt) * self.dtype.itemsize  # the last block may be shorter
+      if len(record) != size:
+        raise ReadError(f"{path}: record {k} has {len(record)} bytes, expected {size}")
+      blocks[k] = np.frombuffer(record, dtype=self.dtype)
     out = []
     for s, a, b in zip(starts, first, last):
       joined = np.concatenate([blocks[k] for k in range(a, b + 1)]) if b > a else blocks[a]

@@ -184,10 +184,10 @@ class IndexedStream:
   # -- addressing --------------------------------------------------------------------------
   @property
   def fingerprint(self) -> str:
-    """What a saved position is only valid for: the caches' content and the example layout."""
-    parts = [(t.name, t.cache.fingerprint, t.raw_length) for t in self.tasks]
-    blob = repr((parts, self.weights, self.split, self.shuffle, self.examples_per_row,
-                 self.num_examples))
+    """The data a saved position belongs to: the tasks, their rates and their caches' content.
+    Lengths and examples_per_row may change on resume (the run continues at its batch index)."""
+    parts = [(t.name, t.cache.fingerprint) for t in self.tasks]
+    blob = repr((parts, self.weights, self.split))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
   def locate(self, e: int) -> Optional[tuple[int, int, int]]:
@@ -298,8 +298,8 @@ class IndexedStream:
     for field in ("format", "seed", "batch_size", "fingerprint"):
       if state.get(field) != mine[field]:
         raise ValueError(f"data state {dict(state)} does not belong to this stream ({field} "
-                         f"{state.get(field)!r} != {mine[field]!r}): other seed, batch size, "
-                         "cache content, lengths or examples_per_row")
+                         f"{state.get(field)!r} != {mine[field]!r}): another seed, batch size, "
+                         "task, mixture rates or cache content")
     return int(state["next_batch"])
 
   def iterator(self, start_batch: int = 0, *, state: Optional[Mapping[str, Any]] = None,
