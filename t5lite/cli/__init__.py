@@ -1,0 +1,1 @@
+"""The `t5lite` commands: one module per command, each with `main(argv: list[str]) -> int`."""
