@@ -164,6 +164,21 @@ def test_hosts_and_worker_processes_agree_with_one_process(toy, tmp_path):
     assert json.load(open(tmp_path / "procs" / name))["kl"] == a["kl"]
 
 
+def test_urls_go_through_tf_gfile(toy, tmp_path):
+  """Raw shards and output on a URL filesystem (TF's in-memory ram://, standing in for gs://):
+  the same selection as on local files."""
+  import tensorflow as tf
+  for path in sio.glob(toy[0]):
+    tf.io.gfile.makedirs("ram://dsir/raw")
+    tf.io.gfile.copy(path, f"ram://dsir/raw/{os.path.basename(path)}", overwrite=True)
+  plan = selection.make_plan(["ram://dsir/raw/raw.*.json.gz"], [toy[1]], "ram://dsir/out", 30)
+  report = selection.select(plan, log=_quiet)
+  selection.select(_plan(toy, tmp_path), log=_quiet)
+  assert report["selected"]["dsir"] == 30
+  assert _selected("ram://dsir/out") == _selected(str(tmp_path))
+  assert tf.io.gfile.exists("ram://dsir/out/report.json")
+
+
 def test_a_host_missing_other_hosts_files_fails_clearly(toy, tmp_path):
   plan = _plan(toy, tmp_path, shard=(0, 2))
   with pytest.raises(FileNotFoundError, match=r"raw/target fit file\(s\) missing.*raw.00001.npz"):

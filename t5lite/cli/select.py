@@ -41,12 +41,14 @@ def parser() -> argparse.ArgumentParser:
                       "/ plain-text pattern, or task:NAME[:SPLIT] (repeatable)")
   p.add_argument("--num_docs", type=int, required=True, help="documents to select")
   p.add_argument("--output", required=True, help="output folder (local or gs://)")
-  p.add_argument("--seed", type=int, default=0, help="seed of the Gumbel noise (and the random baseline)")
+  p.add_argument("--seed", type=int, default=0,
+                 help="seed of the Gumbel noise (and of the random baseline)")
   p.add_argument("--min_words", type=int, default=100,
                  help="shorter documents are never selected (the data-selection package's default)")
   p.add_argument("--chunk_words", type=int, default=128,
                  help="sample by the log weight of a chunk this many words long (log w x N / "
-                      "words), as the paper's 128-word chunks; 0 = whole-document log w (the package)")
+                      "words), as the paper's 128-word chunks; 0 = whole-document log w (as the "
+                      "package)")
   p.add_argument("--num_buckets", type=int, default=10000, help="hashed n-gram buckets")
   p.add_argument("--ngrams", type=int, default=2, help="n-gram order (2: unigrams + bigrams)")
   p.add_argument("--hash", choices=nf.HASHES, default="crc32",
@@ -58,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--greedy", action="store_true",
                  help="take the num_docs largest weights instead of sampling (no diversity)")
   p.add_argument("--write_random", action="store_true",
-                 help="also write the same-size random selection under OUTPUT/random/ (an A/B baseline)")
+                 help="also write the same-size random selection under OUTPUT/random/ (an A/B "
+                      "baseline)")
   p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                  help="worker processes (one raw shard at a time each)")
   p.add_argument("--shard", type=_shard, default=(0, 1),

@@ -3,12 +3,15 @@
 A document is lower-cased, split into words by nltk's WordPunctTokenizer pattern
 (`\\w+|[^\\w\\s]+`, compiled with Python's `re` as nltk < 3.10.3 does; later nltk compiles it
 with the `regex` module, whose \\w and \\s differ on rare characters such as "²"), and each
-unigram, bigram, ... n-gram is hashed into one of `num_buckets` buckets (10,000 in the paper). The bag-of-n-grams model of a corpus is the bucket
-distribution gamma = counts / sum(counts); a document's log importance weight is
+unigram, bigram, ... n-gram is hashed into one of `num_buckets` buckets (10,000 in the paper).
+The bag-of-n-grams model of a corpus is the bucket distribution gamma = counts / sum(counts); a
+document's log importance weight is
 
-    log p_target(x) - log p_raw(x) = sum_j c_j(x) * (log(gamma_target_j + 1e-8) - log(gamma_raw_j + 1e-8))
+    log p_target(x) - log p_raw(x)
+        = sum_j c_j(x) * (log(gamma_target_j + 1e-8) - log(gamma_raw_j + 1e-8))
 
-with c_j(x) the document's count in bucket j (the data-selection package's estimator, its 1e-8 included).
+with c_j(x) the document's count in bucket j (the data-selection package's estimator, its 1e-8
+included).
 
 Hashes: `sha256` is the data-selection package's `hash_buckets` (sha256 of the n-gram's words
 joined by a space, mod num_buckets): exact parity with it, one Python sha256 per n-gram. `crc32`
@@ -36,7 +39,8 @@ _S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-  """splitmix64's finalizer on uint64 (wrapping multiplies): every input bit reaches every output bit."""
+  """splitmix64's finalizer on uint64 (wrapping multiplies): every input bit reaches every
+  output bit."""
   x = x ^ (x >> _S30)
   x = x * _M1
   x = x ^ (x >> _S27)
@@ -46,7 +50,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Featurizer:
-  """Words -> hashed n-gram buckets (unigrams first, then bigrams, ..., as the package orders them)."""
+  """Words -> hashed n-gram buckets (unigrams, then bigrams, ..., as the package orders them)."""
   num_buckets: int = 10000
   ngrams: int = 2
   hash: str = "crc32"
@@ -55,7 +59,8 @@ class Featurizer:
     if self.hash not in HASHES:
       raise ValueError(f"unknown n-gram hash {self.hash!r}; expected one of {HASHES}")
     if self.num_buckets < 1 or self.ngrams < 1:
-      raise ValueError(f"num_buckets and ngrams must be >= 1, got {self.num_buckets}, {self.ngrams}")
+      raise ValueError(f"num_buckets and ngrams must be >= 1, got {self.num_buckets}, "
+                       f"{self.ngrams}")
 
   def words(self, text: str) -> list[str]:
     return WORD_PATTERN.findall(text.lower())
@@ -93,29 +98,50 @@ def _sha256_bucket(ngram: str, num_buckets: int) -> int:
 
 
 class BucketExamples:
-  """The most frequent n-gram strings seen in each bucket (a reverse map for the report)."""
+  """The most frequent n-gram strings seen in each bucket (a reverse map for the report).
+
+  Kept as str-keyed dicts and returned as arrays: millions of small lists or tuples would make
+  Python's garbage collector rescan the whole heap (TensorFlow's objects included) again and
+  again."""
+
+  MAX_CHARS = 40  # longer n-grams are cut (they are examples, and arrays of str are fixed-width)
 
   def __init__(self, featurizer: Featurizer, max_ngrams: int):
     self.featurizer, self.budget = featurizer, max_ngrams
-    self.counter: collections.Counter = collections.Counter()
+    self.counts: collections.Counter = collections.Counter()
+    self.bucket: dict[str, int] = {}
 
   def add(self, words: Sequence[str], buckets: np.ndarray) -> None:
     if self.budget <= 0:
       return
     strings = self.featurizer.ngram_strings(words)[:self.budget]
-    self.counter.update(zip(buckets[:len(strings)].tolist(), strings))
+    self.counts.update(strings)
+    self.bucket.update(zip(strings, buckets[:len(strings)].tolist()))
     self.budget -= len(strings)
 
-  def top(self, per_bucket: int = 3) -> dict[int, list[tuple[str, int]]]:
-    out: dict[int, list[tuple[str, int]]] = {}
-    for (bucket, ngram), count in self.counter.most_common():
-      if len(out.setdefault(bucket, [])) < per_bucket:
-        out[bucket].append((ngram, count))
-    return out
+  def top(self, per_bucket: int = 3) -> dict[str, np.ndarray]:
+    """{"example_buckets", "example_ngrams", "example_counts"}: per_bucket n-grams a bucket."""
+    kept: collections.Counter = collections.Counter()
+    rows = []
+    for ngram, count in self.counts.most_common():
+      bucket = self.bucket[ngram]
+      if kept[bucket] < per_bucket:
+        kept[bucket] += 1
+        rows.append((bucket, ngram[:self.MAX_CHARS], count))
+    buckets, ngrams, counts = zip(*rows) if rows else ((), (), ())
+    return {"example_buckets": np.array(buckets, np.int64), "example_ngrams": np.array(ngrams, str),
+            "example_counts": np.array(counts, np.int64)}
+
+
+def examples_of(bucket: int, examples: dict[str, np.ndarray], k: int = 3) -> list[str]:
+  """Up to k distinct n-grams of `bucket`, most frequent first, from BucketExamples.top() arrays."""
+  idx = np.flatnonzero(examples["example_buckets"] == bucket)
+  idx = idx[np.argsort(-examples["example_counts"][idx], kind="stable")]
+  return list(dict.fromkeys(str(g) for g in examples["example_ngrams"][idx]))[:k]
 
 
 def log_ratio(target_counts: np.ndarray, raw_counts: np.ndarray) -> np.ndarray:
-  """float64 [num_buckets]: log(gamma_target + eps) - log(gamma_raw + eps), the per-n-gram weight."""
+  """float64 [num_buckets]: log(gamma_target + eps) - log(gamma_raw + eps), an n-gram's weight."""
   t = target_counts / max(target_counts.sum(), 1)
   r = raw_counts / max(raw_counts.sum(), 1)
   return np.log(t + EPS) - np.log(r + EPS)

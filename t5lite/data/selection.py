@@ -1,57 +1,63 @@
 """DSIR data selection (Xie et al., 2023, "Data Selection for Language Models via Importance
 Resampling"): pick the raw documents that look like a target corpus in hashed n-gram space.
 
-    select(plan) : raw allenai/c4-style JSON shards (local or gs://, .gz or not) + target text
-                   -> OUTPUT/selected.IIIII-of-NNNNN.json.gz (the selected lines, verbatim),
-                      OUTPUT/weights/…npz (their raw line numbers and log weights), OUTPUT/report.json
+    select(plan): raw allenai/c4-style JSON shards (local or gs://, .gz or not) + target text
+      -> OUTPUT/selected.SSSSS-of-NNNNN.json.gz  the selected lines of raw shard S, verbatim
+         OUTPUT/weights/selected.SSSSS-of-NNNNN.npz  their line numbers in S and log weights
+         OUTPUT/report.json  counts, KL reduction (DSIR and random), top features
 
 Method (the paper's, with the features and estimator of its authors' `data-selection` package):
-hashed unigram + bigram counts (ngram_features.py), one bag-of-n-grams model per side (raw fitted on
-a sample, `fit_ngrams`, target on all of it), log importance weight log p_target(x) - log p_raw(x),
-then k documents drawn without replacement with probability proportional to the weights by the
-Gumbel top-k trick (the k largest log w + Gumbel noise). Documents shorter than `min_words` words
-are not eligible (the package's min_example_length=100).
+hashed unigram + bigram counts (ngram_features.py), one bag-of-n-grams model per side (raw fitted
+on a sample, `fit_ngrams`, target on all of it), log importance weight log p_target(x) -
+log p_raw(x), then k documents drawn without replacement with probability proportional to the
+weights by the Gumbel top-k trick (the k largest log w + Gumbel noise). Documents shorter than
+`min_words` words are not eligible (the package's min_example_length=100).
 
-Length (`chunk_words`, default 128): log w is a sum over a document's n-grams, and a typical raw
-n-gram has a negative log ratio, so on whole documents of mixed length the weight mostly measures
-shortness (benchmarks/bench_selection.py measures it on the C4 sample). The paper ran DSIR on the Pile cut into 128-word chunks (its
-preprocessing/reformat_and_chunk_data.py), where that cannot happen; to keep C4 documents whole,
-documents are sampled by the weight of a 128-word chunk like them, log w * 128 / words.
-chunk_words=0 samples by the whole-document log w, as the package does. Stored weights are log w.
+Length (`chunk_words`, default 128): log w sums over a document's n-grams and a typical raw n-gram
+has a negative log ratio, so on whole documents of mixed length the weight mostly measures
+shortness (benchmarks/bench_selection.py shows it on the C4 sample). The paper ran DSIR on the
+Pile cut into 128-word chunks (its repository's preprocessing/reformat_and_chunk_data.py), where
+that cannot happen. To keep C4 documents whole, they are sampled by the weight of a 128-word chunk
+like them, log w * 128 / words; chunk_words=0 samples by the whole-document log w, as the package
+does. The stored weights are log w.
 
 What is taken from `data-selection==1.0.3` and what differs (and why):
 - Same: tokenizer (its WordPunctTokenizer regex), n-gram order, bucket estimator with its 1e-8,
   raw-fit budget semantics (stop a shard after the document that passes its share), min length.
-  With hash="sha256" the features and log weights equal the package's (tests/test_selection.py).
+  With hash="sha256" the features, log ratios, log weights and top-k selection equal the
+  package's (tests/test_selection.py).
 - Default hash crc32 + numpy mixing instead of one Python sha256 per n-gram: several times faster
-  (benchmarks/bench_selection.py), and any stable hash is the paper's "hashed n-grams".
+  (benchmarks/bench_selection.py); any stable hash gives the paper's hashed n-gram features.
 - Reads gz and gs:// shards (tf.io.gfile only for URLs; the package reads local plain jsonl) and
-  writes C4-style json.gz with the original lines kept byte for byte (the package re-serialises).
+  writes C4-style json.gz shards that t5lite's c4_json tasks read directly.
 - Seeded: the package draws its Gumbel noise from the unseeded global np.random; here the noise of
   line i of shard s is a pure function of (seed, s, i), so reruns and hosts agree.
 - Restartable and multi-host: every per-shard result is a file, written atomically and skipped
   when present; `--shard I/N` gives host I the raw shards s with s % N == I.
 
-Files under OUTPUT/work/ (kept for restarts): plan.json (settings the fits depend on; a rerun with
-other settings is refused), fit/raw.SSSSS.npz (bucket counts of a shard's first
+Files under OUTPUT/work/ (kept for restarts): plan.json (what the fits depend on; a rerun with
+other such settings is refused), fit/raw.SSSSS.npz (bucket counts of a shard's first
 fit_ngrams / num_shards n-grams), fit/target.npz, model.npz (both models + log ratios),
 scores/SSSSS.npz (log weight and word count of every line), written/SSSSS.npz (the selection
-settings it was written for + bucket counts of the shard's DSIR and random picks).
+settings it was written for + bucket counts of the shard's DSIR and random picks). A rerun with
+other selection settings (num_docs, seed, ...) keeps the fits and scores and rewrites the shards.
 
-Multi-host: run the same command on every host with --shard I/N; each stage needs the previous
-stage's files from all hosts, so either run `--stage fit`, `--stage score`, `--stage write` as
-three rounds on all hosts, or one round with --wait_s (a host waits that long for the others' files,
-then fails naming what is missing). Every host computes the same global top-k from all score files
-and writes only its own shards' selections; host 0 writes report.json (or `--stage report`).
+Multi-host: run the same command on every host with --shard I/N. Each stage needs the previous
+stage's files from all hosts: run `--stage fit`, `--stage score`, `--stage write` as three rounds
+on all hosts, or one round with --wait_s (a host waits that long for the others' files, then fails
+naming what is missing). Every host computes the same global top-k from all score files and
+writes only its own shards' selections. With --stage all, host 0 then writes report.json; after
+stage rounds, run `--stage report` once (any host).
 
-KL reduction (the paper's data metric, its §4; here on this featurizer's bucket distributions):
+KL reduction (the paper's data metric, as we read its definition; here on this featurizer's
+bucket distributions):
     KL reduction = KL(p_target || q_raw) - KL(p_target || p_selected)
-with p_target the target's bucket distribution, q_raw the raw model (the paper's stand-in for
-random selection) and p_selected the bucket distribution of the selected documents; averaged
-over targets in the paper, one target here. KL(p||q) = sum_j p_j log(p_j / q_j) with q add-one
-smoothed (ngram_features.kl_divergence says why; the paper does not state its smoothing).
-The report gives it for the DSIR selection and for a uniformly random selection of the same size
-from the same eligible documents, and dsir_vs_random = KL(p_target||p_random) - KL(p_target||p_dsir).
+with p_target the target's bucket distribution, q_raw the raw model (the baseline: what random
+selection would give) and p_selected the bucket distribution of the selected documents; the paper
+averages over its targets, here there is one. KL(p||q) = sum_j p_j log(p_j / q_j) with q add-one
+smoothed (ngram_features.kl_divergence says why). The report gives it for the DSIR selection and
+for a uniformly random selection of the same size from the same eligible documents, and
+dsir_vs_random = KL(p_target || p_random) - KL(p_target || p_dsir).
 """
 from __future__ import annotations
 
@@ -72,7 +78,6 @@ STAGES = ("fit", "score", "write", "report")
 AUTO_FIT_NGRAMS_PER_BUCKET = 100_000  # the package's num_tokens_to_fit="auto": 100k x buckets
 RAW_EXAMPLE_SHARDS = 4  # the first raw shards also record bucket -> n-gram examples
 EXAMPLE_NGRAMS = 200_000  # n-grams per shard (and of the target) kept for those examples
-TOP_FEATURES = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +180,7 @@ def fit_raw_shard(plan: Plan, s: int) -> None:
   except sio.READ_ERRORS as e:  # a corrupt shard: reported by the score stage, not fitted on
     counts[:], docs, ngrams, error = 0, 0, 0, sio.describe(e)
   sio.save_npz(plan.path("work", "fit", f"raw.{s:05d}.npz"), counts=counts, docs=docs,
-               ngrams=ngrams, error=error, examples=json.dumps(examples.top()))
+               ngrams=ngrams, error=error, **examples.top())
 
 
 def score_shard(plan: Plan, s: int, ratio: np.ndarray) -> None:
@@ -212,8 +217,8 @@ def write_shard(plan: Plan, s: int, dsir: np.ndarray, rand: np.ndarray,
   counts = {k: np.zeros(f.num_buckets, np.int64) for k in picked}
   n_lines = 0
   # Nothing picked (a corrupt shard has no lines): nothing to read.
-  lines = sio.read_lines(plan.raw_files[s]) if dsir.any() or rand.any() else ()
-  for j, line in enumerate(lines):
+  reader = sio.read_lines(plan.raw_files[s]) if dsir.any() or rand.any() else None
+  for j, line in enumerate(reader or ()):
     n_lines = j + 1
     if j >= len(dsir) or not (dsir[j] or rand[j]):
       continue
@@ -223,7 +228,7 @@ def write_shard(plan: Plan, s: int, dsir: np.ndarray, rand: np.ndarray,
       if mask[j]:
         picked[name].append(line)
         counts[name] += bucket_counts
-  if lines and n_lines != len(dsir):
+  if reader is not None and n_lines != len(dsir):
     raise RuntimeError(f"raw shard {plan.raw_files[s]} has {n_lines} lines now but {len(dsir)} "
                        "when it was scored; it changed: use a fresh --output")
   name = plan.shard_name(s)
@@ -234,8 +239,12 @@ def write_shard(plan: Plan, s: int, dsir: np.ndarray, rand: np.ndarray,
       sio.write_bytes(path, sio.gzip_lines(chosen))
     else:
       sio.remove(path)
-  lines = np.flatnonzero(dsir)
-  sio.save_npz(plan.path("weights", f"{name}.npz"), line=lines, log_weight=log_weight[lines])
+  weights_path = plan.path("weights", f"{name}.npz")
+  if picked["dsir"]:
+    line_numbers = np.flatnonzero(dsir)
+    sio.save_npz(weights_path, line=line_numbers, log_weight=log_weight[line_numbers])
+  else:
+    sio.remove(weights_path)
   sio.save_npz(plan.path("work", "written", f"{s:05d}.npz"),
                settings=json.dumps(plan.selection_settings(), sort_keys=True),
                dsir_counts=counts["dsir"], random_counts=counts["random"],
@@ -291,8 +300,8 @@ def _check_plan(plan: Plan) -> None:
     have = json.loads(sio.read_bytes(path))
     diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
     if diff:
-      raise ValueError(f"{plan.output} holds a selection made with other settings ({', '.join(diff)}"
-                       f"); use a fresh --output or delete {plan.path('work')}")
+      raise ValueError(f"{plan.output} holds a selection made with other settings "
+                       f"({', '.join(diff)}); use a fresh --output or delete {plan.path('work')}")
   else:
     sio.write_bytes(path, json.dumps(want, indent=1).encode())
 
@@ -317,7 +326,7 @@ def fit_stage(plan: Plan, workers: _Workers, log: Callable[[str], None]) -> None
     if not ngrams:
       raise ValueError(f"the target {list(plan.targets)} has no words")
     sio.save_npz(plan.path("work", "fit", "target.npz"), counts=counts, docs=docs, ngrams=ngrams,
-                 skipped=skipped["lines"], examples=json.dumps(examples.top()))
+                 skipped=skipped["lines"], **examples.top())
   log(f"fit: {len(todo)} raw shard(s) fitted ({len(plan.mine()) - len(todo)} kept) "
       f"in {time.perf_counter() - t0:.1f} s")
 
@@ -333,14 +342,13 @@ def load_model(plan: Plan, wait_s: float = 0.0) -> dict:
   raw = np.zeros(plan.featurizer.num_buckets, np.int64)
   for name in names[:-1]:
     raw += sio.load_npz(plan.path("work", "fit", name))["counts"]
-  examples = {}
-  for name in names[:RAW_EXAMPLE_SHARDS]:
-    for bucket, pairs in json.loads(sio.load_npz(plan.path("work", "fit", name))["examples"]).items():
-      examples.setdefault(bucket, pairs)
+  fits = [sio.load_npz(plan.path("work", "fit", name)) for name in names[:-1][:RAW_EXAMPLE_SHARDS]]
   model = {"target_counts": target["counts"], "raw_counts": raw, "target_docs": target["docs"],
            "target_skipped": target["skipped"],
-           "log_ratio": nf.log_ratio(target["counts"], raw),
-           "target_examples": target["examples"], "raw_examples": json.dumps(examples)}
+           "log_ratio": nf.log_ratio(target["counts"], raw)}
+  for key in ("example_buckets", "example_ngrams", "example_counts"):
+    model[f"target_{key}"] = target[key]
+    model[f"raw_{key}"] = np.concatenate([fit[key] for fit in fits])
   sio.save_npz(path, **model)  # every host computes the same; the first to finish writes it
   return model
 
@@ -372,7 +380,8 @@ def choose(plan: Plan, scores: Sequence[dict]) -> tuple[list[np.ndarray], list[n
   weights = [plan.sampling_log_weight(sc) for sc in scores]
   keys = [np.where(e, w if plan.greedy else nf.gumbel_keys(w, plan.seed, s), -np.inf)
           for s, (e, w) in enumerate(zip(eligible, weights))]
-  rand = [np.where(e, nf.uniform_keys(len(e), plan.seed, s), -np.inf) for s, e in enumerate(eligible)]
+  rand = [np.where(e, nf.uniform_keys(len(e), plan.seed, s), -np.inf)
+          for s, e in enumerate(eligible)]
   return nf.top_k_masks(keys, plan.num_docs), nf.top_k_masks(rand, plan.num_docs)
 
 

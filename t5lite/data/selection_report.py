@@ -2,7 +2,6 @@
 selection and of a random one of the same size, and the n-gram buckets that drove the weights."""
 from __future__ import annotations
 
-import json
 from typing import Sequence
 
 import numpy as np
@@ -16,14 +15,20 @@ def _mean(x: np.ndarray) -> float | None:
   return float(np.mean(x)) if len(x) else None
 
 
-def _features(order: np.ndarray, model: dict, per_million: dict, contribution: np.ndarray,
-              examples: dict) -> list[dict]:
+def _examples(model: dict, side: str) -> dict[str, np.ndarray]:
+  return {k: model[f"{side}_{k}"] for k in ("example_buckets", "example_ngrams", "example_counts")}
+
+
+def _features(order: np.ndarray, model: dict, per_million: dict,
+              contribution: np.ndarray) -> list[dict]:
+  """Rows for the buckets in `order`, with example n-grams (the target's, else the raw data's)."""
+  target, raw = _examples(model, "target"), _examples(model, "raw")
   rows = []
   for b in order:
     row = {"bucket": int(b), "log_ratio": round(float(model["log_ratio"][b]), 4),
            "contribution": round(float(contribution[b]), 2)}
     row.update({f"{k}_per_million": round(float(v[b]), 2) for k, v in per_million.items()})
-    row["ngrams"] = [g for g, _ in examples.get(str(b), [])]
+    row["ngrams"] = nf.examples_of(b, target) or nf.examples_of(b, raw)
     rows.append(row)
   return rows
 
@@ -52,8 +57,6 @@ def build(plan, model: dict, scores: Sequence[dict], written: Sequence[dict],
   per_million = {name: 1e6 * c / max(c.sum(), 1) for name, c in
                  (("target", target), ("raw", raw), ("dsir", picked["dsir"]),
                   ("random", picked["random"]))}
-  examples = json.loads(model["raw_examples"])
-  examples.update(json.loads(model["target_examples"]))  # target n-grams first where both exist
   by_ratio = np.where(raw > 0, model["log_ratio"], -np.inf)  # buckets the raw data has at all
   settings = {**plan.model_settings(), **plan.selection_settings()}
   settings["raw_files"] = len(plan.raw_files)
@@ -82,8 +85,8 @@ def build(plan, model: dict, scores: Sequence[dict], written: Sequence[dict],
       "kl": {k: round(v, 6) for k, v in kl.items()},
       "top_features": {
           "by_contribution": _features(np.argsort(-contribution)[:TOP], model, per_million,
-                                       contribution, examples),
+                                       contribution),
           "by_log_ratio": _features(np.argsort(-by_ratio)[:TOP], model, per_million,
-                                    contribution, examples),
+                                    contribution),
       },
   }
