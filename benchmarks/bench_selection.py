@@ -135,7 +135,7 @@ def pipeline(target: str, tmp: str, repeats: int) -> None:
           f"{n * 1000 / cpu:.0f} |")
 
 
-def kl_table(target: str, out: str) -> dict:
+def kl_table(target: str, out: str) -> None:
   print("\n## KL reduction on hashed n-grams (300 of 760 eligible C4 documents)\n")
   print("| chunk_words | seed | KL(t‖raw) | KL(t‖DSIR) | KL(t‖random) | reduction DSIR | "
         "reduction random | DSIR vs random | words DSIR | words random |")
@@ -163,7 +163,6 @@ def kl_table(target: str, out: str) -> dict:
         "contribution to the DSIR picks' log weights):")
   for row in report["top_features"]["by_contribution"][:8]:
     print(f"  bucket {row['bucket']}: log ratio {row['log_ratio']:+.2f}, n-grams {row['ngrams']}")
-  return report
 
 
 def target_and_held_out() -> tuple[str, list[str]]:
@@ -261,7 +260,7 @@ def main() -> None:
   texts = [sio.parse_document(line)[0] for line in sio.read_lines(SAMPLE)]
   with tempfile.TemporaryDirectory(prefix="bench_selection_") as tmp:
     out = os.path.join(tmp, "kl")
-    report = kl_table(target, out)
+    kl_table(target, out)
     plan = selection.make_plan([SAMPLE], [target], out, NUM_DOCS)
     ratio = selection.load_model(plan)["log_ratio"]
     throughput(texts, ratio, args.repeats)

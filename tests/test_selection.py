@@ -3,8 +3,6 @@ set with a known target, determinism, multi-host / multi-process agreement, rest
 import gzip
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
