@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench_pipeline  # noqa: E402  # the original pipeline's measurement, reused as is
 from t5lite.data import cache_build, indexed, tasks  # noqa: E402
+from t5lite.data.sources import Sources  # noqa: E402
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 LENGTHS = {"inputs": 512, "targets": 114}
@@ -56,8 +57,8 @@ def rng_fn(seed, index):
 
 def build_rate(files, root) -> tuple[float, int, int]:
   """(seconds, documents, tokens) of one single-worker build of c4_json over `files`."""
-  tasks.register_tasks(vocabulary_path=str(DATA / "t5_vocab/spiece.model"), c4_json_files=files,
-                       c4_json_validation_files=None)
+  tasks.register_all(Sources(vocabulary_path=str(DATA / "t5_vocab/spiece.model"), c4_json_files=files,
+                       c4_json_validation_files=None))
   t0 = time.perf_counter()
   (_, metadata), = cache_build.build(tasks.C4_JSON, root, splits=["train"],
                                      echo=lambda s: None).items()
@@ -128,8 +129,8 @@ def main() -> None:
     seconds, docs, tokens = build_rate(files, root)
     print(f"| {label} | {seconds:.2f} | {docs / seconds:,.0f} | {tokens / seconds:,.0f} |")
   root = os.path.join(work, "c1")
-  tasks.register_tasks(vocabulary_path=vocab, c4_json_files=str(sample),
-                       c4_json_validation_files=str(sample))
+  tasks.register_all(Sources(vocabulary_path=vocab, c4_json_files=str(sample),
+                       c4_json_validation_files=str(sample)))
 
   plain = dict(objective_factory=identity_factory, rng_fn=rng_fn)
   first_batch_seconds(root, 0, 1, **plain)  # imports

@@ -179,8 +179,9 @@ def target_and_held_out() -> tuple[str, list[str]]:
 def validation_batches(validation: list[str], vocab: str) -> int:
   """Packed batches in one pass over the validation shard (train()'s eval repeats the split)."""
   from t5lite.data import pipeline, tasks
-  tasks.register_tasks(vocabulary_path=vocab, c4_json_files=validation,
-                       c4_json_validation_files=validation)
+  from t5lite.data.sources import Sources
+  tasks.register_all(Sources(vocabulary_path=vocab, c4_json_files=validation,
+                       c4_json_validation_files=validation))
   ds = pipeline.get_dataset(tasks.C4_JSON, LENGTHS, BATCH, split="validation", shuffle=False,
                             num_epochs=1)
   return sum(1 for _ in ds.as_numpy_iterator())
@@ -190,17 +191,18 @@ def train_and_eval(name: str, files: str, validation: list[str], vocab: str, ste
                    eval_steps: int, model_dir: str) -> float:
   """Pretrains a tiny T5 1.1 on `files`; returns its eval loss on `validation`."""
   import gin
-  from t5lite import main as cli
+  import argparse
   from t5lite import partitioning, train
+  from t5lite.cli import common
   gin.clear_config()
   args = [
       "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/pretrain.gin",
       f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}",
       "--gin.MIXTURE_OR_TASK_NAME='c4_json_span_corruption'",
       f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", f"--gin.BATCH_SIZE={BATCH}",
-      f"--gin.register_tasks.c4_json_files='{files}'",
-      f"--gin.register_tasks.c4_json_validation_files={validation!r}",
-      f"--gin.register_tasks.vocabulary_path='{vocab}'", "--gin.Config.vocab_size=3200",
+      f"--gin.C4_JSON_FILES='{files}'",
+      f"--gin.C4_JSON_VALIDATION_FILES={validation!r}",
+      f"--gin.VOCABULARY_PATH='{vocab}'", "--gin.Config.vocab_size=3200",
       "--gin.Config.dtype='float32'", "--gin.make_optimizer.name='adamw'",
       "--gin.make_optimizer.grad_clip=1.0", "--gin.learning_rate_schedule.name='cosine'",
       "--gin.learning_rate_schedule.peak=3e-3", "--gin.learning_rate_schedule.warmup_steps=50",
@@ -210,10 +212,9 @@ def train_and_eval(name: str, files: str, validation: list[str], vocab: str, ste
       "--gin.train.predict_examples=0",
       "--gin.Checkpointer.save_period=100000", "--gin.Checkpointer.async_save=False",
   ]
-  parser = cli.argparse.ArgumentParser()
-  cli.add_gin_flags(parser)
-  rest, bindings = cli.split_gin_overrides(args)
-  cli.parse_gin(parser.parse_args(rest), bindings)
+  parser = argparse.ArgumentParser()
+  common.add_gin_flags(parser)
+  common.parse_gin(common.parse_args(parser, args))
   t0 = time.perf_counter()
   train.train(mesh=partitioning.make_mesh((1, 1)))
   with open(os.path.join(model_dir, "metrics.jsonl")) as f:

@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "import-hf": ("hf", "import_main", "HF T5/mT5/BART folder -> t5lite run folder"),
     "export-hf": ("hf", "export_main", "t5lite run -> HF from_pretrained folder"),
     "vocab": ("vocab", "main", "train a SentencePiece vocabulary with T5's conventions"),
+    "cache": ("cache", "main", "tokenize a task's source once into a token cache (ArrayRecord)"),
+    "select": ("select", "main", "DSIR: select raw documents that look like a target domain"),
 }
 
 

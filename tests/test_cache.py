@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from t5lite.data import cache as cache_lib
 from t5lite.data import cache_build, tasks, vocab
+from t5lite.data.sources import Sources
 from t5lite.data.span_corruption import reduce_concat_tokens, select_random_chunk, split_tokens
 
 TASK = tasks.C4_JSON
@@ -44,23 +45,23 @@ def shards(c4_lines, tmp_path_factory):
 @pytest.fixture
 def register(t5_vocab_path):
   def register_files(train, validation=None, vocabulary_path=t5_vocab_path):
-    tasks.register_tasks(vocabulary_path=str(vocabulary_path), c4_json_files=train,
-                         c4_json_validation_files=validation)
+    tasks.register_all(Sources(vocabulary_path=str(vocabulary_path), c4_json_files=train,
+                               c4_json_validation_files=validation))
     return seqio.get_mixture_or_task(TASK)
   yield register_files
-  tasks.register_tasks()
+  tasks.register_all()
 
 
 @pytest.fixture(scope="module")
 def built(shards, t5_vocab_path, tmp_path_factory):
   """One single-worker build of the 4 shards (train only): (root, metadata)."""
-  tasks.register_tasks(vocabulary_path=str(t5_vocab_path), c4_json_files=shards,
-                       c4_json_validation_files=None)
+  tasks.register_all(Sources(vocabulary_path=str(t5_vocab_path), c4_json_files=shards,
+                             c4_json_validation_files=None))
   root = str(tmp_path_factory.mktemp("cache"))
   try:
     results = cache_build.build(TASK, root, splits=["train"], echo=lambda s: None)
   finally:
-    tasks.register_tasks()
+    tasks.register_all()
   (name, metadata), = results.items()
   return os.path.join(root, name), metadata
 
@@ -223,8 +224,8 @@ def test_cli_builds_with_gin_sources(shards, t5_vocab_path, tmp_path):
   out = str(tmp_path / "out")
   try:
     rc = cache_cli.main([TASK, "--output", out, "--shard", "1/4", "--split", "train",
-                         f"--gin.register_tasks.c4_json_files={shards!r}",
-                         f"--gin.register_tasks.vocabulary_path='{t5_vocab_path}'"])
+                         f"--gin.C4_JSON_FILES={shards!r}",
+                         f"--gin.VOCABULARY_PATH='{t5_vocab_path}'"])
     assert rc == 0
     (folder,) = os.listdir(out)
     done = sorted(p for p in os.listdir(os.path.join(out, folder)) if p.endswith(".done.json"))
@@ -233,7 +234,7 @@ def test_cli_builds_with_gin_sources(shards, t5_vocab_path, tmp_path):
       cache_cli.main([TASK, "--output", out, "--shard", "4/4"])
   finally:
     gin.clear_config()
-    tasks.register_tasks()
+    tasks.register_all()
 
 
 def test_tfds_source_is_cached_per_shard_file(c4_lines, t5_vocab_path, tmp_path):

@@ -14,7 +14,8 @@ import seqio
 import tensorflow as tf
 
 from t5lite.data import cache as cache_lib
-from t5lite.data import cache_build, indexed, objective_tasks, tasks
+from t5lite.data import cache_build, indexed, tasks
+from t5lite.data.sources import Sources
 
 LENGTHS = {"inputs": 512, "targets": 114}
 TASK = tasks.C4_JSON
@@ -56,13 +57,11 @@ def cache_root(c4_sample, t5_vocab_path, tmp_path_factory):
       f.writelines(part)
   kwargs = dict(vocabulary_path=str(t5_vocab_path), c4_json_files=shards,
                 c4_json_validation_files=shards)
-  tasks.register_tasks(**kwargs)
-  objective_tasks.register_objective_tasks(**kwargs)
+  tasks.register_all(Sources(**kwargs))
   root = str(tmp_path_factory.mktemp("cache"))
   cache_build.build(TASK, root, splits=["train"], echo=lambda s: None)
   yield root
-  tasks.register_tasks()
-  objective_tasks.register_objective_tasks()
+  tasks.register_all()
 
 
 def stream(root, name=TASK, batch_size=8, **kwargs):

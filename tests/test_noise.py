@@ -11,11 +11,12 @@ import scipy.stats
 import seqio
 import tensorflow as tf
 
-import t5lite.data  # noqa: F401  (registers the demo tasks)
-from t5lite import finetune_tasks
+from t5lite.data import bart_noise
+from t5lite.data import finetune
 from t5lite.data import noise
 from t5lite.data import objectives as obj
 from t5lite.data import span_corruption as sc
+from t5lite.data import tasks
 from t5lite.data.gpt2_vocab import GPT2BPEVocabulary
 from t5lite.data.vocab import get_vocabulary
 
@@ -394,8 +395,8 @@ BART_LENGTHS = {"inputs": 512, "targets": 512}
 
 
 def test_bart_objectives_call_bart_noise_with_their_arguments(gpt2, gpt2_stream):
-  """Each BART objective is objectives.bart_noise with its preprocessor's arguments."""
-  info = obj.bart_vocab_info(gpt2)
+  """Each BART objective is bart_noise.bart_noise with its preprocessor's arguments."""
+  info = bart_noise.bart_vocab_info(gpt2)
   expected = {
       "bart_denoising": dict(permute_ratio=1.0, mask_ratio=0.3, poisson_lambda=3.0,
                              random_ratio=0.1, replace_length=1),
@@ -411,7 +412,7 @@ def test_bart_objectives_call_bart_noise_with_their_arguments(gpt2, gpt2_stream)
     assert objective.raw_length() == 511
     for i, piece in enumerate(pieces(gpt2_stream, 511, 5)):
       ex = objective(piece, noise.example_rng(2, i))
-      want = obj.bart_noise(piece, noise.example_rng(2, i), info, **kwargs)
+      want = bart_noise.bart_noise(piece, noise.example_rng(2, i), info, **kwargs)
       np.testing.assert_array_equal(strip_eos(ex["inputs"], gpt2.eos_id), want[:511])
       np.testing.assert_array_equal(strip_eos(ex["targets"], gpt2.eos_id), piece)
   # A preprocessor argument reaches bart_noise.
@@ -511,7 +512,7 @@ def test_too_short_targets_and_bad_arguments(t5):
 
 # --- for_task on the registered tasks ----------------------------------------------------------
 def test_for_task_on_demo_tasks():
-  get = seqio.get_mixture_or_task
+  get = tasks.get_task_or_mixture
   objective = noise.for_task(get("demo_span_corruption"), SC_LENGTHS)
   assert objective.name == "span_corruption" and objective.raw_length() == 568
   vocab = get("demo_span_corruption").output_features["targets"].vocabulary
@@ -540,7 +541,7 @@ def test_for_task_on_demo_tasks():
 
 
 def test_for_task_errors_name_the_task(tmp_path):
-  get = seqio.get_mixture_or_task
+  get = tasks.get_task_or_mixture
   with pytest.raises(ValueError, match=r"task 'demo_ul2_x_mean3_rate50': UL2 X-denoiser .* "
                                        r"needs targets >= \d+ for inputs 512"):
     noise.for_task(get("demo_ul2_x_mean3_rate50"), SC_LENGTHS)
@@ -548,7 +549,7 @@ def test_for_task_errors_name_the_task(tmp_path):
     noise.for_task(get("demo_bart_denoising"), SC_LENGTHS)
   train = tmp_path / "train.jsonl"
   train.write_text(json.dumps({"inputs": "a b", "targets": "b a"}) + "\n")
-  name = finetune_tasks.register_user_task(name="test_noise_finetune", train_files=str(train))
+  name = finetune.register_user_task(name="test_noise_finetune", train_files=str(train))
   try:
     with pytest.raises(ValueError, match="task 'test_noise_finetune' has no pretraining objective"):
       noise.for_task(get(name), SC_LENGTHS)

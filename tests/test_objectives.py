@@ -40,7 +40,7 @@ def docs(c4_sample):
 
 def examples(name, n, lengths=None, seed=0):
   """The first n preprocessed (unpacked) examples of a registered task or mixture, in order."""
-  provider = seqio.get_mixture_or_task(name)
+  provider = tasks.get_task_or_mixture(name)
   ds = provider.get_dataset(lengths or LENGTHS, split="train", shuffle=False, seed=seed,
                             num_epochs=None if n > 800 else 1)
   return list(ds.take(n).as_numpy_iterator())
@@ -335,7 +335,7 @@ def test_default_registration_names():
 def test_demo_bart_and_ul2():
   """The demo tasks run without downloads: BART on the demo SentencePiece vocab, <mask> = sentinel."""
   ex = examples("demo_bart_denoising", 2, {"inputs": 256, "targets": 256})[0]
-  vocab = seqio.get_mixture_or_task("demo_bart_denoising").output_features["inputs"].vocabulary
+  vocab = tasks.get_task_or_mixture("demo_bart_denoising").output_features["inputs"].vocabulary
   assert (ex["inputs"] == vocab.vocab_size - 1).sum() > 3
   ex = examples("demo_ul2", 5, {"inputs": 256, "targets": 256})[0]
   assert vocab.decode(ex["inputs"].tolist()).startswith("[")

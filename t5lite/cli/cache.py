@@ -12,6 +12,8 @@ import argparse
 import logging
 import re
 
+from t5lite.cli import common
+
 
 def _shard(text: str) -> tuple[int, int]:
   m = re.fullmatch(r"(\d+)/(\d+)", text)
@@ -21,7 +23,6 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str]) -> int:
-  from t5lite import main as t5main  # pylint: disable=g-import-not-at-top
   from t5lite.data import cache as cache_lib  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       prog="t5lite cache",
@@ -36,13 +37,11 @@ def main(argv: list[str]) -> int:
                       help="I/N: build input files k with k %% N == I (one host of N)")
   parser.add_argument("--block_tokens", type=int, default=cache_lib.DEFAULT_BLOCK_TOKENS,
                       help="token ids per ArrayRecord record")
-  t5main.add_gin_flags(parser)
-  rest, bindings = t5main.split_gin_overrides(argv)
-  args = parser.parse_args(rest)
-  t5main.parse_gin(args, bindings)
-  import t5lite.data  # pylint: disable=g-import-not-at-top
-  from t5lite.data import cache_build  # pylint: disable=g-import-not-at-top
-  t5lite.data.register_all()
+  common.add_gin_flags(parser)
+  args = common.parse_args(parser, argv)
+  common.parse_gin(args)
+  from t5lite.data import cache_build, tasks  # pylint: disable=g-import-not-at-top
+  tasks.register_all()
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
   if args.workers < 1:
     raise ValueError(f"--workers {args.workers}: expected at least 1")

@@ -12,7 +12,7 @@ The definitions are those of the TF preprocessors (span_corruption.py, objective
 counts (float32 arithmetic and round-half-to-even, as tf.round), the same mask distributions,
 sentinel layouts, UL2 mode prefixes and `append_eos_after_trim`. The random streams differ (numpy
 vs TF stateless ops), so examples are equal in distribution, not token for token. BART reuses
-`objectives.bart_noise` itself.
+`bart_noise.bart_noise` itself.
 """
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ import numpy as np
 import seqio
 from numpy.random.bit_generator import ISeedSequence
 
+from t5lite.data import bart_noise as bart_noise_lib
 from t5lite.data import objectives as obj
 from t5lite.data import span_corruption as sc
-from t5lite.data.objectives import bart_noise
-from t5lite.data.objectives import bart_vocab_info
+from t5lite.data.bart_noise import bart_noise
+from t5lite.data.bart_noise import bart_vocab_info
 
 NUM_RESERVED = obj.NUM_RESERVED_T5  # BERT-style random ids come from [3, vocab_size)
 
@@ -312,7 +313,9 @@ def _with_defaults(name: str, kwargs: Mapping) -> dict:
   """The preprocessor's keyword defaults updated by kwargs; a ValueError for a wrong argument."""
   if name not in obj.OBJECTIVE_NAMES:
     raise ValueError(f"unknown objective {name!r}; expected one of {obj.OBJECTIVE_NAMES}")
-  fn = sc.span_corruption if name == "span_corruption" else getattr(obj, name)
+  module = sc if name == "span_corruption" else (
+      bart_noise_lib if name.startswith("bart_") else obj)
+  fn = getattr(module, name)
   params = inspect.signature(fn).parameters
   defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
   takes_more = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -348,7 +351,7 @@ class Objective:
 
   def __init__(self, name: str, sequence_length: Mapping[str, int],
                vocabulary: seqio.Vocabulary, **kwargs):
-    """kwargs: the objective preprocessor's keyword arguments (inspect_task.task_objective)."""
+    """kwargs: the objective preprocessor's keyword arguments (tasks.task_objective)."""
     kwargs = _with_defaults(name, kwargs)
     self.name = name
     self.kwargs = kwargs
@@ -382,7 +385,7 @@ def for_task(task: seqio.Task, sequence_length: Mapping[str, int]) -> Objective:
   ValueError naming the task if it has no known objective, if its targets length is too short,
   or if its features are not what the objective preprocessors assume (one vocabulary, EOS).
   """
-  from t5lite.inspect_task import task_objective  # pylint: disable=g-import-not-at-top
+  from t5lite.data.tasks import task_objective  # pylint: disable=g-import-not-at-top
   if not isinstance(task, seqio.Task):
     raise ValueError(f"for_task needs a seqio.Task; got {task!r} (a mixture: one Objective per "
                      "task)")
