@@ -24,8 +24,10 @@ class Checkpointer:
                async_save: bool = True):
     self.directory = files.absolute(directory)
     self.save_period = save_period
+    # cleanup_tmp_directories: a process killed mid-save leaves a step's temporary folder.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -46,12 +48,26 @@ class Checkpointer:
                               data=ocp.args.JsonSave(data_state))
     return self._manager.save(step, args=args, force=force)
 
-  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    """Restores onto the shardings in `abstract_state` (ShapeDtypeStructs), any mesh shape."""
-    check_compatible(self.saved_shapes(step), abstract_state, f"{self.directory}/{step}")
+  def restore(self, step: int, abstract_state: Any,
+              fill: Optional[dict] = None) -> tuple[Any, dict]:
+    """Restores onto the shardings in `abstract_state` (ShapeDtypeStructs), any mesh shape.
+
+    fill: {field: value} for fields of the state (a flax dataclass) that the checkpoint may lack
+    because it was written before they existed (e.g. the non-finite guard's counters)."""
+    saved = self.saved_shapes(step)
+    missing = {f: v for f, v in (fill or {}).items()
+               if not any(k == f or k.startswith(f + "/") for k in saved)}
+    target = abstract_state
+    if missing:
+      target = {f: getattr(abstract_state, f) for f in abstract_state.__dataclass_fields__
+                if f not in missing}
+    check_compatible(saved, target, f"{self.directory}/{step}")
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return restored["state"], dict(restored["data"] or {})
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    state = restored["state"]
+    if missing:
+      state = abstract_state.replace(**dict(state), **missing)
+    return state, dict(restored["data"] or {})
 
   def saved_shapes(self, step: int) -> dict[str, tuple]:
     """{path: shape} of the arrays stored at `step`."""

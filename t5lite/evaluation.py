@@ -17,14 +17,14 @@ from t5lite.runs import Run, RunDir
 
 
 def loss_and_accuracy(eval_fn, params, name: str, task_feature_lengths: Mapping[str, int],
-                      host_batch: int, eval_steps: int, mesh, shard_info=None) -> dict[str, float]:
-  """Loss, accuracy and z-loss per target token over the first `eval_steps` packed batches of
-  the validation split; {} when it has none. eval_fn(params, batch) -> losses.eval_sums."""
-  from t5lite.data import pipeline  # pylint: disable=g-import-not-at-top
-  ds = pipeline.get_dataset(name, task_feature_lengths, host_batch, split="validation",
-                            shuffle=False, seed=0, shard_info=shard_info)
+                      batch_size: int, eval_steps: int, mesh) -> dict[str, float]:
+  """Loss, accuracy and z-loss per target token over the first `eval_steps` packed global
+  batches of the validation split (the token cache's or tf.data's, as data/streams.py chooses);
+  {} when it has none. eval_fn(params, batch) -> losses.eval_sums."""
+  from t5lite.data import streams  # pylint: disable=g-import-not-at-top
   totals = None
-  for batch in ds.take(eval_steps).as_numpy_iterator():
+  for batch in streams.validation_batches(name, task_feature_lengths, batch_size, eval_steps,
+                                          jax.process_index(), jax.process_count()):
     sums = eval_fn(params, partitioning.host_to_global(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:

@@ -7,8 +7,10 @@ every command, with or without a run config.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import tokenize
 from typing import Any, Sequence
 
 import gin
@@ -46,8 +48,27 @@ def parse(files: Sequence[str] = (), bindings: Sequence[str] = (),
     gin.add_config_file_search_path(path)
   _use_plain_file_readers()
   paths = [resolve(DEFAULTS)] + [resolve(f, search_paths) for f in files]
-  gin.parse_config_files_and_bindings(paths, list(bindings), finalize_config=False,
-                                      skip_unknown=skip_unknown)
+  # One file or binding at a time (as gin.parse_config_files_and_bindings does), so that an
+  # error names its source even when gin's own message does not (a tokenizer error).
+  for path in paths:
+    with _naming(f"gin file {path}"):
+      gin.parse_config_file(path, skip_unknown=skip_unknown)
+  for binding in bindings:
+    with _naming(f"gin binding {binding!r} (--gin_bindings / --gin.NAME=VALUE)"):
+      gin.parse_config(binding, skip_unknown=skip_unknown)
+
+
+@contextlib.contextmanager
+def _naming(source: str):
+  """Turns gin's parse errors into a ValueError that starts with their source."""
+  try:
+    yield
+  except (SyntaxError, tokenize.TokenError, ValueError, TypeError, NameError) as e:
+    message = (f"{e.args[0]} (line {e.args[1][0]})" if isinstance(e, tokenize.TokenError)
+               else str(e))
+    if isinstance(e, SyntaxError) and e.lineno and "line" not in message:
+      message += f" (line {e.lineno})"
+    raise ValueError(f"{source}: {message}") from e
 
 
 def _use_plain_file_readers() -> None:

@@ -50,9 +50,10 @@ def import_hf(hf_dir: str, model_dir: str, dtype: str = "float32",
   """Writes MODEL_DIR (see the module docstring) from the HF folder; returns the Config."""
   from t5lite import train  # pylint: disable=g-import-not-at-top  (TrainState)
   hf_dir = os.path.abspath(os.fspath(hf_dir))
-  if not os.path.isdir(hf_dir):
-    raise FileNotFoundError(f"HF folder {hf_dir} does not exist (expected a save_pretrained "
-                            "folder with config.json and model.safetensors)")
+  if not os.path.isfile(os.path.join(hf_dir, "config.json")):
+    what = "has no config.json" if os.path.isdir(hf_dir) else "does not exist"
+    raise FileNotFoundError(f"HF folder {hf_dir} {what} (expected a save_pretrained folder "
+                            "with config.json and model.safetensors)")
   run_dir = runs.RunDir(model_dir)
   if run_dir.checkpoint_steps():
     raise FileExistsError(f"{run_dir.path} already has checkpoints; import into an empty folder")
@@ -73,7 +74,8 @@ def import_hf(hf_dir: str, model_dir: str, dtype: str = "float32",
   state = train.TrainState(step=jax.device_put(jnp.zeros((), jnp.int32),
                                                partitioning.replicated(mesh)),
                            params=params,
-                           opt_state=jax.jit(tx.init, out_shardings=opt_shardings)(params))
+                           opt_state=jax.jit(tx.init, out_shardings=opt_shardings)(params),
+                           guard=train.new_guard())
   ckpt = checkpoints.Checkpointer(run_dir.checkpoints, async_save=False)
   # Saved from host memory: orbax's per-shard device transfers cost seconds for small models.
   ckpt.save(0, jax.device_get(state), {"batches": 0, "imported_from": hf_dir}, force=True)

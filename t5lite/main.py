@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from t5lite import errors
+
 # command -> (module in t5lite.cli, function, help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("train", "main", "pretrain / fine-tune / continue a run (gin-configured)"),
@@ -71,11 +73,15 @@ def run_with_args(argv: Optional[Sequence[str]]) -> None:
   message instead of a traceback (T5LITE_TRACEBACK=1 shows it)."""
   try:
     sys.exit(main(argv))
-  except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError) as e:
+  except Exception as e:  # pylint: disable=broad-except
     if os.environ.get("T5LITE_TRACEBACK"):
       raise
-    print(f"t5lite: error: {e}\n(set T5LITE_TRACEBACK=1 for the traceback)", file=sys.stderr)
-    sys.exit(2)
+    message = errors.one_line(e)
+    if message is None:  # not bad input: a bug, whose traceback is the useful part
+      raise
+    print(f"t5lite: error: {message}\n(set T5LITE_TRACEBACK=1 for the traceback)",
+          file=sys.stderr)
+    sys.exit(getattr(e, "exit_code", 2))
 
 
 if __name__ == "__main__":

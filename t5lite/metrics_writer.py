@@ -29,6 +29,13 @@ class MetricsWriter:
       self._tb[prefix] = tf.summary.create_file_writer(self.run_dir.tb(prefix))
     return self._tb[prefix]
 
+  def drop_after(self, step: int) -> None:
+    """Drops metrics.jsonl records of steps after `step` (a resumed run logs them again)."""
+    records = read_metrics(self.run_dir.metrics)
+    keep = [r for r in records if r.get("step", 0) <= step]
+    if len(keep) < len(records):
+      files.write_text(self.run_dir.metrics, "".join(json.dumps(r) + "\n" for r in keep))
+
   def progress(self, start: int, total: int):
     self._bar = tqdm.tqdm(total=total, initial=start, desc="train", unit="step",
                           disable=not self.enabled, file=sys.stderr, dynamic_ncols=True)

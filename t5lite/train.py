@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import functools
-import os
-import signal
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -14,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from t5lite import checkpoints, evaluation, losses, metrics_writer, optim, partitioning, runs
+from t5lite import (checkpoints, evaluation, losses, metrics_writer, optim, partitioning,
+                    preemption, runs)
 from t5lite.config import Config, flops_per_example
 from t5lite.network import EncoderDecoder
 
@@ -24,6 +23,18 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  guard: Any  # the non-finite guard's counters (new_guard)
+
+
+def new_guard() -> dict[str, jax.Array]:
+  """skipped: steps skipped so far; consecutive: the current run of skipped steps; first_bad:
+  the step that began that run (-1 when none)."""
+  return {"skipped": jnp.zeros((), jnp.int32), "consecutive": jnp.zeros((), jnp.int32),
+          "first_bad": jnp.full((), -1, jnp.int32)}
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: EncoderDecoder,
@@ -52,12 +63,24 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Enco
     (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), (jnp.arange(microbatches), split))
   denom = jnp.maximum(sums["weight_sum"], 1.0)
   grads = jax.tree.map(lambda g: g / denom, grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  # The non-finite guard: a step whose loss, gradient norm or new parameters are not finite is
+  # not applied (parameters and optimizer state stay), and is counted; no host sync.
+  ok = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm) & _all_finite(params)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+  g = state.guard
+  guard = {"skipped": g["skipped"] + (~ok).astype(jnp.int32),
+           "consecutive": jnp.where(ok, 0, g["consecutive"] + 1),
+           "first_bad": jnp.where(ok, -1, jnp.where(g["consecutive"] == 0, state.step + 1,
+                                                    g["first_bad"]))}
   metrics = {"loss": sums["loss"] / denom, "z_loss": sums["z_loss"] / denom,
              "accuracy": sums["accuracy"] / denom, "target_tokens": sums["weight_sum"],
-             "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+             "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+             "skipped_steps": guard["skipped"], "guard": guard}
+  return TrainState(step=state.step + 1, params=keep(params, state.params),
+                    opt_state=keep(opt_state, state.opt_state), guard=guard), metrics
 
 
 def state_shardings(config: Config, tx, mesh, fsdp: bool = False) -> tuple[TrainState, TrainState]:
@@ -68,10 +91,12 @@ def state_shardings(config: Config, tx, mesh, fsdp: bool = False) -> tuple[Train
   params_shape = partitioning.raw_values(boxed)
   opt_shape = jax.eval_shape(tx.init, params_shape)
   opt_shardings = partitioning.match_shardings(opt_shape, params_shape, param_shardings, mesh)
+  guard_shape = jax.eval_shape(new_guard)
   shardings = TrainState(step=partitioning.replicated(mesh), params=param_shardings,
-                         opt_state=opt_shardings)
+                         opt_state=opt_shardings,
+                         guard=jax.tree.map(lambda _: partitioning.replicated(mesh), guard_shape))
   shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params_shape,
-                      opt_state=opt_shape)
+                      opt_state=opt_shape, guard=guard_shape)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           shapes, shardings)
   return abstract, shardings
@@ -86,7 +111,8 @@ def create_train_state(config: Config, tx, mesh, seed: int, fsdp: bool = False):
 
   def init(rng):
     params = nn.unbox(model.init(rng, dummy, dummy)["params"])
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      guard=new_guard())
 
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
   return state, shardings, model
@@ -107,65 +133,9 @@ def jit_train_step(model: EncoderDecoder, tx, schedule, shardings: TrainState, m
       donate_argnums=(0,))
 
 
-class Preemption:
-  """SIGTERM/SIGINT ask the loop to stop after the current step (then it saves and exits).
-
-  One process: a Python handler sets a flag. Several processes must stop after the *same* step
-  (the checkpoint save is collective), so they use JAX's preemption sync service: the C++ SIGTERM
-  handler that jax.distributed.initialize installs tells every process, and
-  `reached_preemption_sync_point(step)` turns True on all of them at one step (the highest step
-  any process had reached, plus one); no per-step host sync. A Python SIGTERM handler would
-  replace that C++ one, so none is installed; SIGINT re-sends SIGTERM to this process.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._previous = {}
-    self._multi = jax.process_count() > 1
-    if not self._multi:
-      handlers = {signal.SIGTERM: self._handle, signal.SIGINT: self._handle}
-    elif _preemption_service() is not None:
-      handlers = {signal.SIGINT: self._forward}
-    else:
-      handlers = {}
-      print("t5lite: warning: jax_enable_preemption_service is off; SIGTERM ends this process "
-            "without a checkpoint", flush=True)
-    for sig, handler in handlers.items():
-      try:
-        self._previous[sig] = signal.signal(sig, handler)
-      except ValueError:  # not the main thread
-        pass
-
-  def _handle(self, signum, frame):
-    del frame
-    self.requested = True
-    print(f"\nt5lite: received signal {signum}; stopping after this step and saving a checkpoint",
-          flush=True)
-
-  def _forward(self, signum, frame):
-    del frame
-    print(f"\nt5lite: received signal {signum}; telling all processes to stop", flush=True)
-    os.kill(os.getpid(), signal.SIGTERM)  # to the preemption service's handler
-
-  def reached(self, step: int) -> bool:
-    if not self._multi:
-      return self.requested
-    if _preemption_service() is None:
-      return False
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    stop = bool(multihost_utils.reached_preemption_sync_point(step))
-    if stop:
-      print(f"t5lite: preemption notice; all processes stop after step {step} and save a "
-            "checkpoint", flush=True)
-    return stop
-
-  def restore(self):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
-def _preemption_service():
-  return jax._src.distributed.global_state.preemption_sync_manager  # pylint: disable=protected-access
+class DivergedError(RuntimeError):
+  """Training stopped after too many non-finite steps in a row."""
+  exit_code = 3
 
 
 @gin.configurable(denylist=["mesh"])
@@ -184,19 +154,22 @@ def train(model_dir: str = gin.REQUIRED,
           log_period: int = 100,
           predict_examples: int = 0,
           init_checkpoint: Optional[str] = None,
+          max_consecutive_skips: int = 20,
           mesh: Optional[jax.sharding.Mesh] = None) -> TrainState:
   """Pretrains (or continues) a model in `model_dir`; returns the final state.
 
   Restore order: (1) the latest checkpoint in model_dir -> (2) the parameters only of
   `init_checkpoint` (a t5lite run folder or a checkpoints/<step> folder; fresh optimizer state,
   step 0: fine-tuning) -> (3) scratch.
-  The data stream resumes at the restored step (its order depends only on seed, step and
-  the process index/count).
+  The data stream resumes at the restored step (data/streams.py). A step whose loss or gradient
+  is not finite is skipped (train_step); after max_consecutive_skips of them in a row the run
+  stops (DivergedError) naming the first bad step and the last good checkpoint. Process 0 holds
+  the run folder's lock (lock.py) for the whole run.
   """
   _check_required(model_dir=model_dir, train_steps=train_steps,
                   mixture_or_task_name=mixture_or_task_name,
                   task_feature_lengths=task_feature_lengths, batch_size=batch_size)
-  from t5lite.data import pipeline, tasks  # pylint: disable=g-import-not-at-top
+  from t5lite.data import streams, tasks  # pylint: disable=g-import-not-at-top
   tasks.register_all()
   task = tasks.get_task_or_mixture(mixture_or_task_name)
   tasks.check_lengths(mixture_or_task_name, task_feature_lengths)  # objective's targets must fit
@@ -208,109 +181,157 @@ def train(model_dir: str = gin.REQUIRED,
   mesh = mesh or partitioning.make_mesh()
   n_data = mesh.shape["data"]
   if batch_size % (n_data * microbatches) or batch_size % jax.process_count():
-    raise ValueError(f"batch_size={batch_size} must divide by mesh 'data' size {n_data} x "
-                     f"microbatches {microbatches} and by {jax.process_count()} processes")
-  host_batch = batch_size // jax.process_count()
-  shard_info = None
-  if jax.process_count() > 1:
-    import seqio  # pylint: disable=g-import-not-at-top
-    shard_info = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+    raise ValueError(f"BATCH_SIZE {batch_size} does not fit the devices: it must divide by the "
+                     f"mesh's 'data' size {n_data} x microbatches {microbatches} and by "
+                     f"{jax.process_count()} processes")
   is_chief = jax.process_index() == 0
   run_dir = runs.RunDir(model_dir)
-
-  with partitioning.activate(mesh, fsdp):
-    schedule = optim.learning_rate_schedule()
-    tx = optim.make_optimizer(schedule=schedule)
-    li, lt = task_feature_lengths["inputs"], task_feature_lengths["targets"]
-    state, shardings, model = create_train_state(config, tx, mesh, seed, fsdp)
-    ckpt = checkpoints.Checkpointer(run_dir.checkpoints)
-    start = ckpt.latest_step()
-    if start is not None:  # (1) resume
-      state, data_state = ckpt.restore(start, abstract_state(state, shardings))
-      if is_chief:
-        print(f"t5lite: resumed from {ckpt.directory}/{start} (data at batch "
-              f"{data_state.get('batches', start)})", flush=True)
-    elif init_checkpoint:  # (2) pretrained parameters, fresh optimizer state
-      params = checkpoints.restore_params(init_checkpoint,
-                                          abstract_state(state, shardings).params)
-      state = state.replace(params=params)
-      if is_chief:
-        print(f"t5lite: initialised parameters from {init_checkpoint}", flush=True)
-    start = int(jax.device_get(state.step))
+  run_lock = _lock_run(run_dir)
+  try:
+    with partitioning.activate(mesh, fsdp):
+      state = _train(run_dir, train_steps, mixture_or_task_name, task_feature_lengths, batch_size,
+                     config, z_loss, microbatches, seed, fsdp, eval_period, eval_steps,
+                     log_period, init_checkpoint, max_consecutive_skips, mesh, task, vocab,
+                     streams)
+  finally:
+    if run_lock is not None:
+      run_lock.release()
+  if predict_examples:
+    params = state.params
+    if jax.process_count() > 1:  # every process joins the gather; process 0 decodes
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      params = multihost_utils.process_allgather(params, tiled=True)
     if is_chief:
-      run_dir.write_config(gin.operative_config_str())
-
-    dataset = pipeline.get_dataset(mixture_or_task_name, task_feature_lengths, host_batch,
-                                   split="train", shuffle=True, seed=seed, shard_info=shard_info,
-                                   start_batch=start)
-    batches = iter(dataset.as_numpy_iterator())
-    step_fn = jit_train_step(model, tx, schedule, shardings, mesh, z_loss=z_loss,
-                             microbatches=microbatches, dropout_seed=seed)
-    eval_fn = jax.jit(functools.partial(losses.eval_sums, model=model, z_loss=z_loss),
-                      in_shardings=(shardings.params, partitioning.batch_sharding(mesh)))
-
-    writer = metrics_writer.MetricsWriter(run_dir, enabled=is_chief)
-    flops = flops_per_example(config, li, lt)
-    preempt = Preemption()
-    pending = None  # (step, device metrics, time) of the step before the current one
-    t_last, step_last = time.perf_counter(), start
-    progress = writer.progress(start, train_steps)
-    step = start
-    try:
-      while step < train_steps:
-        batch = partitioning.host_to_global(next(batches), mesh)
-        state, metrics = step_fn(state, batch)
-        step += 1
-        if pending is not None:  # fetch step n-1's metrics now that step n is dispatched
-          prev_step, prev_metrics = pending
-          if prev_step % log_period == 0 or prev_step == 1:
-            now = time.perf_counter()
-            values = {k: float(v) for k, v in jax.device_get(prev_metrics).items()}
-            rate = (prev_step - step_last) / max(now - t_last, 1e-9)
-            values.update(_throughput(rate, batch_size, values["target_tokens"], flops))
-            writer.write(prev_step, values)
-            t_last, step_last = now, prev_step
-        pending = (step, metrics)
-        progress.update(1)
-        if eval_period and step % eval_period == 0:
-          values = evaluation.loss_and_accuracy(eval_fn, state.params, mixture_or_task_name,
-                                                task_feature_lengths, host_batch, eval_steps,
-                                                mesh, shard_info)
-          values.update(evaluation.decoded_metrics(task, model, state.params, step, vocab, mesh,
-                                                   task_feature_lengths, run_dir.path))
-          writer.write(step, values, prefix="eval")
-        stop = preempt.reached(step)
-        if ckpt.should_save(step) or stop or step == train_steps:
-          ckpt.save(step, state, {"batches": step, "seed": seed,
-                                  "process_count": jax.process_count()}, force=True)
-        if stop:
-          break
-      if pending is not None:
-        values = {k: float(v) for k, v in jax.device_get(pending[1]).items()}
-        writer.write(pending[0], values)
-    finally:
-      progress.close()
-      ckpt.close()
-      preempt.restore()
-    if step < train_steps:
-      if is_chief:
-        print(f"t5lite: stopped at step {step} on request; checkpoint saved. Run the same "
-              "command again to resume.", flush=True)
-    writer.finish()
-    if predict_examples:
-      params = state.params
-      if jax.process_count() > 1:  # every process joins the gather; process 0 decodes
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-        params = multihost_utils.process_allgather(params, tiled=True)
-      if is_chief:
-        from t5lite import inference  # pylint: disable=g-import-not-at-top
-        # Alone on process 0: decode on one of its devices, not on the mesh of all processes.
-        local = (partitioning.make_mesh((1, 1), jax.local_devices()[:1])
-                 if jax.process_count() > 1 else mesh)
-        with partitioning.activate(local, fsdp):
-          inference.show_predictions(model, params, mixture_or_task_name, task_feature_lengths,
-                                   predict_examples)
+      from t5lite import inference  # pylint: disable=g-import-not-at-top
+      # Alone on process 0: decode on one of its devices, not on the mesh of all processes.
+      local = (partitioning.make_mesh((1, 1), jax.local_devices()[:1])
+               if jax.process_count() > 1 else mesh)
+      with partitioning.activate(local, fsdp):
+        inference.show_predictions(EncoderDecoder(config), params, mixture_or_task_name,
+                                   task_feature_lengths, predict_examples)
   return state
+
+
+def _train(run_dir, train_steps, name, lengths, batch_size, config, z_loss, microbatches, seed,
+           fsdp, eval_period, eval_steps, log_period, init_checkpoint, max_consecutive_skips,
+           mesh, task, vocab, streams) -> TrainState:
+  """train()'s loop, inside the mesh and the run lock."""
+  is_chief = jax.process_index() == 0
+  schedule = optim.learning_rate_schedule()
+  tx = optim.make_optimizer(schedule=schedule)
+  state, shardings, model = create_train_state(config, tx, mesh, seed, fsdp)
+  ckpt = checkpoints.Checkpointer(run_dir.checkpoints)
+  start, data_state = ckpt.latest_step(), None
+  if start is not None:  # (1) resume
+    state, data_state = ckpt.restore(start, abstract_state(state, shardings),
+                                     fill={"guard": state.guard})
+    if is_chief:
+      print(f"t5lite: resumed from {ckpt.directory}/{start}", flush=True)
+  elif init_checkpoint:  # (2) pretrained parameters, fresh optimizer state
+    params = checkpoints.restore_params(init_checkpoint, abstract_state(state, shardings).params)
+    state = state.replace(params=params)
+    if is_chief:
+      print(f"t5lite: initialised parameters from {init_checkpoint}", flush=True)
+  start = int(jax.device_get(state.step))
+  writer = metrics_writer.MetricsWriter(run_dir, enabled=is_chief)
+  if is_chief:
+    run_dir.write_config(gin.operative_config_str())
+    writer.drop_after(start)  # steps a crash logged after the checkpoint are logged again
+
+  data = streams.TrainStream(name, lengths, batch_size, seed, start, data_state,
+                             jax.process_index(), jax.process_count())
+  step_fn = jit_train_step(model, tx, schedule, shardings, mesh, z_loss=z_loss,
+                           microbatches=microbatches, dropout_seed=seed)
+  eval_fn = jax.jit(functools.partial(losses.eval_sums, model=model, z_loss=z_loss),
+                    in_shardings=(shardings.params, partitioning.batch_sharding(mesh)))
+  flops = flops_per_example(config, lengths["inputs"], lengths["targets"])
+  preempt = preemption.Preemption()
+  pending = None  # (step, device metrics) of the step before the current one
+  t_last, step_last = time.perf_counter(), start
+  progress = writer.progress(start, train_steps)
+  step, save_due, diverged = start, False, None
+  try:
+    while step < train_steps:
+      batch = partitioning.host_to_global(next(data), mesh)
+      state, metrics = step_fn(state, batch)
+      step += 1
+      if pending is not None:  # step n-1's results, now that step n is dispatched
+        prev_step, prev_metrics = pending
+        guard = jax.device_get(prev_metrics["guard"])
+        if int(guard["consecutive"]) >= max_consecutive_skips:
+          diverged = (prev_step, guard)
+          break
+        if prev_step % log_period == 0 or prev_step == 1:
+          now = time.perf_counter()
+          values = _values(prev_metrics)
+          rate = (prev_step - step_last) / max(now - t_last, 1e-9)
+          values.update(_throughput(rate, batch_size, values["target_tokens"], flops))
+          values.update(data.counters())
+          writer.write(prev_step, values)
+          t_last, step_last = now, prev_step
+      pending = (step, metrics)
+      progress.update(1)
+      if eval_period and step % eval_period == 0:
+        values = evaluation.loss_and_accuracy(eval_fn, state.params, name, lengths, batch_size,
+                                              eval_steps, mesh)
+        values.update(evaluation.decoded_metrics(task, model, state.params, step, vocab, mesh,
+                                                 lengths, run_dir.path))
+        writer.write(step, values, prefix="eval")
+      stop = preempt.reached(step)
+      save_due = save_due or ckpt.should_save(step)
+      if save_due or stop or step == train_steps:
+        # A periodic save waits for a finite step, so that a checkpoint always follows a good one.
+        if stop or step == train_steps or int(jax.device_get(state.guard["consecutive"])) == 0:
+          ckpt.save(step, state, data.state(), force=True)
+          save_due = False
+      if stop:
+        break
+    if pending is not None and diverged is None:
+      writer.write(pending[0], _values(pending[1]))
+  finally:
+    progress.close()
+    ckpt.close()
+    preempt.restore()
+    data.close()
+  if diverged is not None:
+    last = ckpt.latest_step()
+    good = f"{ckpt.directory}/{last}" if last is not None else "none (nothing was saved)"
+    raise DivergedError(
+        f"training diverged: {int(diverged[1]['consecutive'])} non-finite steps in a row "
+        f"(train.max_consecutive_skips={max_consecutive_skips}) up to step {diverged[0]}; the "
+        f"first bad step was {int(diverged[1]['first_bad'])}; last good checkpoint: {good}. "
+        "Lower the learning rate or fix the data, then rerun to resume from it")
+  if step < train_steps and is_chief:
+    print(f"t5lite: stopped at step {step} on request; checkpoint saved. Run the same command "
+          "again to resume.", flush=True)
+  writer.finish()
+  return state
+
+
+def _values(metrics) -> dict[str, float]:
+  metrics = jax.device_get(metrics)
+  return {k: float(v) for k, v in metrics.items() if k != "guard"}
+
+
+def _lock_run(run_dir: runs.RunDir):
+  """Process 0 takes the run folder's lock; every process stops if it could not."""
+  from t5lite import lock  # pylint: disable=g-import-not-at-top
+  held, error = None, None
+  if jax.process_index() == 0:
+    try:
+      held = lock.RunLock(run_dir.lock).acquire()
+    except lock.LockedError as e:
+      error = e
+  if jax.process_count() > 1:
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not ok and error is None:
+      error = lock.LockedError(f"{run_dir.path}: process 0 could not take the run lock "
+                               "(its output names the holder)")
+  if error is not None:
+    raise error
+  return held
 
 
 REQUIRED_MACROS = {"model_dir": "MODEL_DIR", "train_steps": "TRAIN_STEPS",

@@ -61,28 +61,16 @@ class FileJob:
 # Reading one input file
 # ---------------------------------------------------------------------------------------------
 def _json_texts(path: str, skipped: collections.Counter, failure: dict) -> Iterator[bytes]:
-  """UTF-8 `text` of each JSON line; bad records counted in `skipped`, a file error in `failure`."""
+  """sources.json_texts, with bad records counted by reason and a file error kept in `failure`."""
+  from t5lite.data import sources  # pylint: disable=g-import-not-at-top
+  by_file: collections.Counter = collections.Counter()
   try:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      stream = gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f
-      for line in stream:
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except ValueError:  # invalid JSON or UTF-8 (UnicodeDecodeError is a ValueError)
-          skipped["invalid_json"] += 1
-          continue
-        text = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(text, str):
-          skipped["no_text"] += 1
-          continue
-        try:
-          yield text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes
-          skipped["invalid_utf8"] += 1
-  except FILE_ERRORS as e:  # corrupt gzip, unreadable file
-    failure["error"] = f"{type(e).__name__}: {e}"
+    yield from sources.json_texts(path, by_file)
+  except sources.CorruptFileError as e:  # corrupt gzip, unreadable file
+    failure["error"] = str(e)
+  finally:
+    for (_, reason), count in by_file.items():
+      skipped[reason] += count
 
 
 def _records(job: FileJob, skipped: collections.Counter, failure: dict) -> tf.data.Dataset:

@@ -24,6 +24,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5lite import files
 from t5lite.data.sources import Sources
 from t5lite.data.vocab import SentencePieceVocabulary
 
@@ -87,34 +88,41 @@ def metric_fns(names: Sequence[str]) -> list[Callable]:
 # ----------------------------------------------------------------------------- sources
 
 
-def _jsonl_reader(inputs_key: str, targets_key: str):
-  def parse(raw):
-    obj = json.loads(raw.numpy())
-    missing = [k for k in (inputs_key, targets_key) if k not in obj]
-    if missing:
-      raise ValueError(f"JSON line lacks {missing}: {raw.numpy()[:200]!r}")
-    return str(obj[inputs_key]).encode("utf-8"), str(obj[targets_key]).encode("utf-8")
+def _pairs(path: str, format: str, inputs_key: str, targets_key: str):  # pylint: disable=redefined-builtin
+  """(inputs, targets) UTF-8 pairs of one JSONL or TSV file; a bad line is a ValueError naming
+  file:line and what was expected (the user's own data: better to stop than to train on less)."""
+  with files.open_file(path, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8").rstrip("\r\n")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+      if not line.strip():
+        continue
+      if format == "tsv":
+        if "\t" not in line:
+          raise ValueError(f"{path}:{n}: no tab; expected 'input<TAB>target'")
+        inputs, targets = line.split("\t", 1)
+      else:
+        try:
+          obj = json.loads(line)
+        except ValueError as e:
+          raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
+        missing = [k for k in (inputs_key, targets_key) if not isinstance(obj, dict) or k not in obj]
+        if missing:
+          raise ValueError(f"{path}:{n}: missing key {missing[0]!r} (expected {inputs_key!r} and "
+                           f"{targets_key!r})")
+        inputs, targets = str(obj[inputs_key]), str(obj[targets_key])
+      yield inputs.encode("utf-8"), targets.encode("utf-8")
 
-  def to_example(line):
-    inputs, targets = tf.py_function(parse, [line], (tf.string, tf.string))
-    inputs.set_shape([])
-    targets.set_shape([])
-    return {"inputs": inputs, "targets": targets}
 
+def _reader(format: str, inputs_key: str, targets_key: str):  # pylint: disable=redefined-builtin
   def read(path):
-    lines = tf.data.TextLineDataset(path).filter(lambda l: tf.strings.length(
-        tf.strings.strip(l)) > 0)
-    return lines.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+    pairs = tf.data.Dataset.from_generator(
+        lambda p: _pairs(p.decode("utf-8"), format, inputs_key, targets_key), args=(path,),
+        output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string)))
+    return pairs.map(lambda i, t: {"inputs": i, "targets": t})
   return read
-
-
-def _read_tsv(path):
-  def to_example(line):
-    inputs, targets = tf.io.decode_csv(line, record_defaults=["", ""], field_delim="\t",
-                                       use_quote_delim=False)
-    return {"inputs": inputs, "targets": targets}
-  lines = tf.data.TextLineDataset(path).filter(lambda l: tf.strings.length(l) > 0)
-  return lines.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def user_source(train_files: Patterns, validation_files: Patterns | None = None,
@@ -130,8 +138,8 @@ def user_source(train_files: Patterns, validation_files: Patterns | None = None,
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
       if not tf.io.gfile.glob(str(pattern)):
         raise FileNotFoundError(f"no file matches {pattern!r} (register_user_task {split} files)")
-  reader = _jsonl_reader(inputs_key, targets_key) if format == "jsonl" else _read_tsv
-  return seqio.FileDataSource(read_file_fn=reader, split_to_filepattern=splits)
+  return seqio.FileDataSource(read_file_fn=_reader(format, inputs_key, targets_key),
+                              split_to_filepattern=splits)
 
 
 @gin.configurable

@@ -11,11 +11,16 @@ Three text sources, each a seqio DataSource with "train" and "validation" splits
 """
 from __future__ import annotations
 
+import collections
 import collections.abc
 import dataclasses
+import gzip
 import json
+import logging
 import os
-from typing import Callable, Mapping, Optional, Sequence, Union
+import threading
+import zlib
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import gin
 import seqio
@@ -42,6 +47,9 @@ class Sources:
   vocabulary_path: T5 SentencePiece model (local or gs://) of the c4 / c4_json T5-style tasks.
   gpt2_bpe_dir: GPT-2 BPE files of the c4 / c4_json BART tasks (encoder.json + vocab.bpe, or HF
     BART's vocab.json + merges.txt); None means $T5LITE_CACHE/gpt2_bpe.
+  cache_dir: the token cache (`t5lite cache`, data/cache.py) every command reads instead of
+    tokenizing on the fly; None: the tf.data path. build_missing_cache builds it on first use
+    (the demo's small corpus) instead of stopping with the command that builds it.
   """
   vocabulary_path: str = T5_VOCAB_PATH
   c4_json_files: Patterns = "gs://allenai-c4/en/c4-train.*-of-01024.json.gz"
@@ -50,6 +58,8 @@ class Sources:
   tfds_version: str = "3.1.0"
   tfds_data_dir: Optional[str] = None
   gpt2_bpe_dir: Optional[str] = None
+  cache_dir: Optional[str] = None
+  build_missing_cache: bool = False
 
   def t5_vocabulary(self) -> SentencePieceVocabulary:
     return SentencePieceVocabulary(str(self.vocabulary_path), extra_ids=100)
@@ -79,43 +89,73 @@ class Sources:
 
 
 class RecordError(ValueError):
-  """A JSON line that is not a JSON object with a string `text` field."""
+  """A JSON line that is not a JSON object with a string `text` field; `reason` says which."""
+
+  def __init__(self, message: str, reason: str):
+    super().__init__(message)
+    self.reason = reason
+
+
+class CorruptFileError(ValueError):
+  """A shard that cannot be read to its end (corrupt or truncated gzip, unreadable file)."""
+
+
+# Records skipped by the tf.data path in this process: {(file, reason): count}.
+skipped_records: collections.Counter = collections.Counter()
+_skip_lock = threading.Lock()
+_FILE_ERRORS = (OSError, EOFError, zlib.error)
 
 
 def parse_text(raw: bytes, key: str = "text") -> str:
   """The `key` field of one JSON line; RecordError saying what is wrong with it."""
   try:
     record = json.loads(raw)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise RecordError(f"not a JSON line ({e})") from None
+  except ValueError as e:  # invalid JSON or invalid UTF-8 (UnicodeDecodeError is a ValueError)
+    raise RecordError(f"not a JSON line ({e})", "invalid_json") from None
   if not isinstance(record, dict) or not isinstance(record.get(key), str):
     keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-    raise RecordError(f"no string {key!r} field (has {keys})")
+    raise RecordError(f"no string {key!r} field (has {keys})", "no_text")
   return record[key]
 
 
-def _text_or_empty(raw) -> bytes:
+def json_texts(path: str, skipped: collections.Counter) -> Iterator[bytes]:
+  """The UTF-8 `text` of each line of one JSON-lines file (gzip when the name ends .gz). A bad
+  record is skipped and counted in skipped[(path, reason)], the first of a file logged with its
+  line; a file that cannot be read to its end raises CorruptFileError naming it."""
+  n = 0
   try:
-    return parse_text(raw.numpy()).encode("utf-8")
-  except RecordError:
-    return b""  # dropped by the filter below, like an empty document
-
-
-def decode_json_text(line: tf.Tensor) -> dict[str, tf.Tensor]:
-  """One JSON line -> {"text": string scalar}; other keys (url, timestamp) are ignored, and a line
-  without a string `text` becomes "" (then dropped)."""
-  # TF has no JSON op; Python's json is exact for every escape and is not the bottleneck.
-  text = tf.py_function(_text_or_empty, [line], tf.string)
-  text.set_shape([])
-  return {"text": text}
+    with files.open_file(path, "rb") as f:
+      stream = gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f
+      for n, line in enumerate(stream, 1):
+        if not line.strip():
+          continue
+        try:
+          text = parse_text(line).encode("utf-8")
+        except (RecordError, UnicodeEncodeError) as e:  # lone surrogates fail to encode
+          reason = e.reason if isinstance(e, RecordError) else "invalid_utf8"
+          with _skip_lock:
+            if not any(k[0] == path for k in skipped):
+              logging.warning("t5lite: skipping bad records of %s (line %d: %s); counted", path,
+                              n, e)
+            skipped[(path, reason)] += 1
+          continue
+        if text:
+          yield text
+  except _FILE_ERRORS as e:
+    raise CorruptFileError(f"{path}: cannot be read past line {n} ({type(e).__name__}: {e}); "
+                           "a corrupt or truncated shard: replace or remove it") from None
+  except Exception as e:  # pylint: disable=broad-except
+    if type(e).__module__.startswith("tensorflow"):  # tf.errors.* from tf.io.gfile
+      raise CorruptFileError(f"{path}: cannot be read past line {n} ({e.message})") from None
+    raise
 
 
 def read_json_lines(path: tf.Tensor) -> tf.data.Dataset:
-  """Non-empty texts of one file (gzip when the name ends .gz)."""
-  compression = tf.where(tf.strings.regex_full_match(path, r".*\.gz"), "GZIP", "")
-  lines = tf.data.TextLineDataset(path, compression_type=compression)
-  texts = lines.map(decode_json_text, num_parallel_calls=tf.data.AUTOTUNE)
-  return texts.filter(lambda x: tf.strings.length(x["text"]) > 0)
+  """{"text"} of the non-empty, well-formed records of one file (json_texts)."""
+  texts = tf.data.Dataset.from_generator(
+      lambda p: json_texts(p.decode("utf-8"), skipped_records), args=(path,),
+      output_signature=tf.TensorSpec([], tf.string))
+  return texts.map(lambda text: {"text": text})
 
 
 class JsonLinesDataSource(seqio.FileDataSource):

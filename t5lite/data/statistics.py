@@ -141,6 +141,11 @@ def describe(name: str, task_feature_lengths: Mapping[str, int], num_examples: i
                     "inputs": info.decode(inputs), "targets": info.decode(targets)})
     if len(rows) < stats_examples:
       rows.append(row)
+  if not rows and not shown:
+    from t5lite.data import sources  # pylint: disable=g-import-not-at-top
+    skipped = dict(sources.skipped_records)
+    raise ValueError(f"{name!r}: its {split} split yields no examples"
+                     + (f" (records skipped: {skipped})" if skipped else ""))
   tasks = tasks_lib.leaf_tasks(name)
   result = {"name": name, "kind": "task" if len(tasks) == 1 and tasks[0][0].name == name
                                   else "mixture",

@@ -17,16 +17,26 @@ class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
   """seqio's vocabulary, loaded lazily, with a clear FileNotFoundError naming a missing model."""
 
   def _model_context(self):
-    if not self._model and not tf.io.gfile.exists(self.sentencepiece_model_file):
-      raise FileNotFoundError(f"SentencePiece model not found: {self.sentencepiece_model_file}")
+    if not self._model:
+      _check_readable(self.sentencepiece_model_file)
     return super()._model_context()
+
+
+def _check_readable(path: str) -> None:
+  """FileNotFoundError naming a SentencePiece model that is missing or cannot be reached."""
+  try:
+    found = tf.io.gfile.exists(path)
+  except tf.errors.OpError as e:  # e.g. gs:// without network or credentials
+    raise FileNotFoundError(f"SentencePiece model {path} cannot be read: "
+                            f"{e.message.splitlines()[0]}") from None
+  if not found:
+    raise FileNotFoundError(f"SentencePiece model not found: {path}")
 
 
 def get_vocabulary(path: str = T5_VOCAB_PATH, extra_ids: int = 100) -> SentencePieceVocabulary:
   """The SentencePiece model at `path` with `extra_ids` sentinels appended (T5: 32000 + 100)."""
   path = os.fspath(path)
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"SentencePiece model not found: {path}")
+  _check_readable(path)
   return SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
