@@ -26,7 +26,7 @@ from t5lite import checkpoints, hf, optim, partitioning
 from t5lite.config import Config
 
 # Fields a run config sets rather than the architecture (pretraining 0.0, fine-tuning 0.1 ...).
-_RUN_FIELDS = ("dropout_rate", "remat", "scan_layers")
+_RUN_FIELDS = ("dropout_rate", "remat_policy", "scan_layers")
 _VOCAB_FILES = ("spiece.model", "vocab.json", "merges.txt")
 
 
