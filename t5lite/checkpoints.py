@@ -100,8 +100,7 @@ def _convert_onto(tree: Any, abstract: Any) -> Any:
   shardings = jax.tree.map(lambda a: getattr(a, "sharding", None), abstract)
   if any(s is None for s in jax.tree.leaves(shardings, is_leaf=lambda x: x is None)):
     return layout.to_layout(tree, want)
-  return jax.jit(lambda t: layout.to_layout(t, want), out_shardings=shardings,
-                 donate_argnums=0)(tree)
+  return jax.jit(lambda t: layout.to_layout(t, want), out_shardings=shardings)(tree)
 
 
 def _path_str(path) -> str:
