@@ -62,7 +62,8 @@ class Config:
       if value not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"Config.{name}={value!r}; expected 'float32', 'bfloat16' or 'float16'")
     if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"Config.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+      raise ValueError(
+          f"Config.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
 
   @property

@@ -166,7 +166,8 @@ def _stack_leaves(xs: tuple, path) -> Any:
 
 def _unstack_leaf(x: Any, n: int) -> list:
   if isinstance(x, jax.ShapeDtypeStruct):
-    one = jax.ShapeDtypeStruct(tuple(x.shape[1:]), x.dtype, sharding=_unstacked_sharding(x.sharding))
+    one = jax.ShapeDtypeStruct(tuple(x.shape[1:]), x.dtype,
+                               sharding=_unstacked_sharding(x.sharding))
     return [one] * n
   return [x[i] for i in range(n)]
 

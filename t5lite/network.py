@@ -71,7 +71,8 @@ class EncoderLayer(nn.Module):
     cfg, det = self.config, self.deterministic
     attn = Attention(cfg, name="attention")
     x_BID = _sublayer(cfg, Norm(cfg, name="attention_norm"),
-                      lambda y: checkpoint_name(attn(y, y, mask_B1II, bias_1HII, det), ATTENTION_OUT),
+                      lambda y: checkpoint_name(attn(y, y, mask_B1II, bias_1HII, det),
+                                                ATTENTION_OUT),
                       x_BID, det)
     mlp = Mlp(cfg, name="mlp")
     x_BID = _sublayer(cfg, Norm(cfg, name="mlp_norm"),

@@ -2,6 +2,7 @@
 import contextlib
 import functools
 import io
+import json
 import os
 import re
 
@@ -15,6 +16,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from t5lite import checkpoints, decoding, layout, optim, partitioning, train
+from t5lite import main as cli
 from t5lite.checkpoints import Checkpointer
 from t5lite.config import REMAT_POLICIES, Config
 from t5lite.network import EncoderDecoder
@@ -70,8 +72,8 @@ def random_params(cfg, seed=0):
   model = EncoderDecoder(cfg)
   shapes = jax.eval_shape(lambda: nn.unbox(model.init(
       jax.random.key(0), jnp.ones((2, 8), jnp.int32), jnp.ones((2, 4), jnp.int32))["params"]))
-  return jax.tree.map(lambda x: (rng.standard_normal(x.shape) * 0.3 + (x.ndim == 1)).astype(np.float32),
-                      shapes)
+  draw = lambda x: rng.standard_normal(x.shape) * 0.3 + (x.ndim == 1)  # norm scales near 1
+  return jax.tree.map(lambda x: draw(x).astype(np.float32), shapes)
 
 
 def assert_trees_close(a, b, rtol):
@@ -106,7 +108,8 @@ def test_scanned_logits_equal_unrolled(family, mesh_shape):
     inputs = train.model_inputs(partitioning.host_to_global(make_batch(), mesh))
     for scan, params in ((False, params_u), (True, params_s)):
       c = cfg.replace(scan_layers=scan)
-      on_mesh = jax.device_put(params, jax.tree.map(lambda a: a.sharding, abstract_state(c, tx, mesh).params))
+      shardings = jax.tree.map(lambda a: a.sharding, abstract_state(c, tx, mesh).params)
+      on_mesh = jax.device_put(params, shardings)
       model = EncoderDecoder(c)
       logits[scan] = jax.jit(lambda p, m=model: m.apply({"params": p}, **inputs))(on_mesh)
   diff = float(jnp.max(jnp.abs(logits[False] - logits[True])))
@@ -133,7 +136,8 @@ def test_scanned_parameters_have_a_layers_axis_and_real_shardings():
   assert enc["mlp"]["wi_0"].sharding.spec == P(None, None, "model")
   assert state.params["decoder"]["layers"]["mlp"]["wo"].shape == (2, TINY.mlp_dim, TINY.emb_dim)
   # A device holds one shard of every layer: heads 4 over model=2.
-  assert enc["attention"]["query"].addressable_shards[0].data.shape == (3, TINY.emb_dim, 2, TINY.head_dim)
+  shard = enc["attention"]["query"].addressable_shards[0].data
+  assert shard.shape == (3, TINY.emb_dim, 2, TINY.head_dim)
   # AdamW's moments of a stacked kernel are stacked too, and follow its sharding.
   mu = state.opt_state[0].mu["encoder"]["layers"]["attention"]["query"]
   assert mu.shape == enc["attention"]["query"].shape and mu.sharding.spec == query_spec
@@ -220,7 +224,8 @@ def test_layout_round_trips_params_and_abstract_trees():
                           if x.ndim == 2 else jax.ShapeDtypeStruct(x.shape, x.dtype), params)
   a_stacked = layout.scanned(abstract)["encoder"]["layers"]["mlp"]["wi_0"]
   assert a_stacked.shape == (3, 128, 256) and a_stacked.sharding.spec == P(None, None, "model")
-  assert layout.unrolled(layout.scanned(abstract))["encoder"]["layers_2"]["mlp"]["wi_0"].sharding == spec
+  back = layout.unrolled(layout.scanned(abstract))
+  assert back["encoder"]["layers_2"]["mlp"]["wi_0"].sharding == spec
 
 
 @pytest.mark.parametrize("name", ["adafactor", "adamw"])
@@ -260,7 +265,7 @@ def test_plain_optax_state_of_stacked_params_is_refused():
     layout.unrolled(plain.init(params_s))
 
 
-# ----------------------------------------------------------------------------- train() and checkpoints
+# ---------------------------------------------------------------------------- train(), checkpoints
 
 FAST = [
     "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/demo.gin",
@@ -276,7 +281,6 @@ FULL_REMAT = "--gin.Config.remat_policy='full'"
 
 
 def run_train(model_dir, steps, *extra):
-  from t5lite import main as cli  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   args = FAST + [f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", *extra]
   parser = cli.argparse.ArgumentParser()
@@ -287,7 +291,6 @@ def run_train(model_dir, steps, *extra):
 
 
 def read_losses(model_dir) -> dict[int, float]:
-  import json  # pylint: disable=g-import-not-at-top
   with open(os.path.join(model_dir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
