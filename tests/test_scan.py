@@ -15,7 +15,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from t5lite import checkpoints, decoding, layout, optim, partitioning, train
+from t5lite import checkpoints, decoding, hf, layout, optim, partitioning, train
 from t5lite import main as cli
 from t5lite.checkpoints import Checkpointer
 from t5lite.config import REMAT_POLICIES, Config
@@ -217,6 +217,9 @@ def test_layout_round_trips_params_and_abstract_trees():
   np.testing.assert_array_equal(stacked["decoder"]["layers"]["mlp"]["wo"][1],
                                 params["decoder"]["layers_1"]["mlp"]["wo"])
   assert max_diff(layout.unrolled(stacked), params) == 0.0
+  # export-hf of a scanned run: the same HF state dict.
+  hf_u, hf_s = hf.params_to_hf(params, WIDE), hf.params_to_hf(stacked, WIDE)
+  assert sorted(hf_u) == sorted(hf_s) and all(np.array_equal(hf_u[k], hf_s[k]) for k in hf_u)
   # Abstract trees: shapes and shardings follow (the stacked axis replicated).
   mesh = mesh_of((4, 2))
   spec = jax.sharding.NamedSharding(mesh, P(None, "model"))
