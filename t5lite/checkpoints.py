@@ -2,6 +2,11 @@
 
 Orbax writes each step into a temporary folder and renames it when complete, so a crash never
 leaves a half-written checkpoint behind; `latest_step()` only sees finished ones.
+
+Either layer layout restores into either (t5lite.layout): a checkpoint saved unrolled
+(`layers_0`, ...) restores into a scanned model's state and the reverse. The arrays are read in
+the saved layout (onto the requested shardings, the stacked axis replicated), then one jitted
+conversion puts them into the requested layout and shardings.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from t5lite import files
+from t5lite import files, layout
 
 
 @gin.configurable
@@ -50,34 +55,41 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: Any,
               fill: Optional[dict] = None) -> tuple[Any, dict]:
-    """Restores onto the shardings in `abstract_state` (ShapeDtypeStructs), any mesh shape.
+    """Restores onto the shardings in `abstract_state` (ShapeDtypeStructs), any mesh shape and
+    either layer layout (the saved one is converted).
 
     fill: {field: value} for fields of the state (a flax dataclass) that the checkpoint may lack
     because it was written before they existed (e.g. the non-finite guard's counters)."""
-    saved = self.saved_shapes(step)
+    saved_tree = self._saved_tree(step)
+    saved = _shapes(saved_tree)
     missing = {f: v for f, v in (fill or {}).items()
                if not any(k == f or k.startswith(f + "/") for k in saved)}
-    target = abstract_state
+    in_saved_layout = layout.to_layout(abstract_state, layout.layout_of(saved_tree))
+    target = in_saved_layout
     if missing:
-      target = {f: getattr(abstract_state, f) for f in abstract_state.__dataclass_fields__
+      target = {f: getattr(in_saved_layout, f) for f in in_saved_layout.__dataclass_fields__
                 if f not in missing}
     check_compatible(saved, target, f"{self.directory}/{step}")
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
     state = restored["state"]
     if missing:
-      state = abstract_state.replace(**dict(state), **missing)
-    return state, dict(restored["data"] or {})
+      state = in_saved_layout.replace(**dict(state), **missing)
+    return _convert_onto(state, abstract_state), dict(restored["data"] or {})
 
   def saved_shapes(self, step: int) -> dict[str, tuple]:
     """{path: shape} of the arrays stored at `step`."""
+    return _shapes(self._saved_tree(step))
+
+  def saved_layout(self, step: int) -> Optional[str]:
+    """"scanned" or "unrolled": the layer layout of the state saved at `step`."""
+    return layout.layout_of(self._saved_tree(step))
+
+  def _saved_tree(self, step: int) -> Any:
     meta = self._manager.item_metadata(step)["state"]
     if meta is None:
       raise ValueError(f"{self.directory}/{step} has no readable 'state' metadata")
-    tree = getattr(meta, "tree", meta)
-    flat = jax.tree_util.tree_flatten_with_path(
-        tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict))[0]
-    return {_path_str(p): tuple(leaf.shape) for p, leaf in flat if hasattr(leaf, "shape")}
+    return getattr(meta, "tree", meta)
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -85,6 +97,24 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+  """{path: shape} of an orbax metadata tree's arrays."""
+  flat = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict))[0]
+  return {_path_str(p): tuple(leaf.shape) for p, leaf in flat if hasattr(leaf, "shape")}
+
+
+def _convert_onto(tree: Any, abstract: Any) -> Any:
+  """`tree` in the layout and on the shardings of `abstract` (a no-op when already there)."""
+  want = layout.layout_of(abstract)
+  if layout.layout_of(tree) == want:
+    return tree
+  shardings = jax.tree.map(lambda a: getattr(a, "sharding", None), abstract)
+  if any(s is None for s in jax.tree.leaves(shardings, is_leaf=lambda x: x is None)):
+    return layout.to_layout(tree, want)
+  return jax.jit(lambda t: layout.to_layout(t, want), out_shardings=shardings)(tree)
 
 
 def _path_str(path) -> str:
@@ -144,16 +174,27 @@ def restore_params(path: str, abstract_params: Any, step: Optional[int] = None) 
   step = latest if step is None else step
   item_dir = os.path.join(folder, str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
+  tree = _params_metadata(checkpointer, item_dir)
+  saved = {"params": tree["params"]}
+  target = layout.to_layout({"params": abstract_params}, layout.layout_of(saved))
+  check_compatible(_shapes(saved), target, f"{folder}/{step}")
+  restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True))
+  return _convert_onto(restored["params"], abstract_params)
+
+
+def saved_layout(path: str, step: Optional[int] = None) -> Optional[str]:
+  """"scanned" or "unrolled": the layer layout of the parameters saved at `path` (anything
+  `resolve` takes), read from orbax's metadata."""
+  folder, latest = resolve(path)
+  item_dir = os.path.join(folder, str(latest if step is None else step), "state")
+  return layout.layout_of(_params_metadata(ocp.PyTreeCheckpointer(), item_dir)["params"])
+
+
+def _params_metadata(checkpointer, item_dir: str) -> dict:
   meta = checkpointer.metadata(item_dir)
   tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
   if not isinstance(tree, dict) or "params" not in tree:
     raise ValueError(f"{item_dir} holds no 'params' (not a t5lite TrainState checkpoint)")
-  flat = jax.tree_util.tree_flatten_with_path(
-      {"params": tree["params"]}, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict))[0]
-  saved = {_path_str(p): tuple(leaf.shape) for p, leaf in flat if hasattr(leaf, "shape")}
-  target = {"params": abstract_params}
-  check_compatible(saved, target, f"{folder}/{step}")
-  restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True))
-  return restored["params"]
+  return tree

@@ -8,6 +8,11 @@ import gin
 import jax.numpy as jnp
 
 FAMILIES = ("t5", "bart")
+# Which activations each layer keeps for the backward pass (network.py maps them to jax policies):
+# none = all (no remat); full = only the layer's inputs; minimal = also the outputs of matmuls
+# without batch dims (jax's dots_with_no_batch_dims_saveable); save_attn_mlp_outputs = also the
+# attention and MLP blocks' outputs (named with jax.ad_checkpoint.checkpoint_name).
+REMAT_POLICIES = ("none", "full", "minimal", "save_attn_mlp_outputs")
 
 
 @gin.configurable
@@ -43,8 +48,8 @@ class Config:
   decoder_start_token_id: int = 0  # T5: pad; BART: </s> (2)
   pad_token_id: int = 0
   eos_token_id: int = 1
-  remat: bool = False  # rematerialise each layer (saves activation memory)
-  scan_layers: bool = False  # reserved; a clear error if set (see network.py)
+  remat_policy: str = "none"  # one of REMAT_POLICIES: activation memory vs recomputation
+  scan_layers: bool = False  # each stack as one nn.scan over stacked parameters (see network.py)
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -56,8 +61,9 @@ class Config:
       value = getattr(self, name)
       if value not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"Config.{name}={value!r}; expected 'float32', 'bfloat16' or 'float16'")
-    if self.scan_layers:
-      raise NotImplementedError("Config.scan_layers=True is not implemented; layers are unrolled")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(
+          f"Config.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
 
   @property

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5lite.network import EncoderDecoder
+from t5lite.network import SCAN_AXIS, EncoderDecoder
 
 Array = jax.Array
 NEG_INF = -1.0e7  # a finite "minus infinity" for scores: no inf - inf NaNs
@@ -176,14 +176,18 @@ def _gather_beams(x_BW: Array, beam_idx_BN: Array) -> Array:
 def _gather_cache(cache: Any, beam_idx_BW: Array, B: int, W: int) -> Any:
   """Reorders the per-example cache leaves ([B*W, ...]: cached keys/values) by beam.
 
-  Scalars (cache_index, step_index) and the key positions [L] are shared by all examples.
+  Scalars (cache_index, step_index) and the key positions [L] are shared by all examples. A
+  scanned decoder's cache (under its `layers` entry) is stacked [N, B*W, ...]: batch is axis 1.
   """
-  def gather(x):
+  def gather(path, x):
+    stacked = any(getattr(k, "key", None) == SCAN_AXIS for k in path)
+    if stacked:  # [N, B*W, ...] -> [B*W, ..., N] and back
+      return jnp.moveaxis(gather((), jnp.moveaxis(x, 0, -1)), -1, 0) if x.ndim >= 3 else x
     if x.ndim < 2 or x.shape[0] != B * W:
       return x
     x_BW = jnp.reshape(x, (B, W) + x.shape[1:])
     return jnp.reshape(_gather_beams(x_BW, beam_idx_BW), x.shape)
-  return jax.tree.map(gather, cache)
+  return jax.tree_util.tree_map_with_path(gather, cache)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "beam_size"))

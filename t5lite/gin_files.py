@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import re
 import tokenize
 from typing import Any, Sequence
 
@@ -52,10 +53,26 @@ def parse(files: Sequence[str] = (), bindings: Sequence[str] = (),
   # error names its source even when gin's own message does not (a tokenizer error).
   for path in paths:
     with _naming(f"gin file {path}"):
-      gin.parse_config_file(path, skip_unknown=skip_unknown)
+      if skip_unknown:  # a run folder's file, maybe from another version: upgrade its bindings
+        from t5lite import files  # pylint: disable=g-import-not-at-top
+        gin.parse_config(upgrade(files.read_text(path)), skip_unknown=True)
+      else:
+        gin.parse_config_file(path)
   for binding in bindings:
     with _naming(f"gin binding {binding!r} (--gin_bindings / --gin.NAME=VALUE)"):
       gin.parse_config(binding, skip_unknown=skip_unknown)
+
+
+# Bindings earlier versions wrote into run folders' config.gin, and what they mean now.
+_RENAMED = ((re.compile(r"^Config\.remat = True$", re.M), "Config.remat_policy = 'full'"),
+            (re.compile(r"^Config\.remat = False$", re.M), "Config.remat_policy = 'none'"))
+
+
+def upgrade(text: str) -> str:
+  """A gin text with obsolete t5lite bindings rewritten to their current form."""
+  for pattern, replacement in _RENAMED:
+    text = pattern.sub(replacement, text)
+  return text
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 import flax.linen as nn
 import numpy as np
 
+from t5lite import layout
 from t5lite.config import Config
 
 _INSTALL = "pip install 't5lite[hf]'"
@@ -323,6 +324,7 @@ def params_to_hf(params, config: Config, include_tied: bool = True) -> dict[str,
   params = nn.meta.unbox(params)
   if set(params) == {"params"}:
     params = params["params"]
+  params = layout.unrolled(params)  # a scanned model's stacks -> layers_0, layers_1, ...
   entries, aliases = _entries(config)
   sd: dict[str, np.ndarray] = {}
   used = set()

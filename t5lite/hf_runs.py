@@ -25,7 +25,7 @@ from t5lite import checkpoints, files, hf, optim, partitioning, runs
 from t5lite.config import Config
 
 # Fields a run config sets rather than the architecture (pretraining 0.0, fine-tuning 0.1 ...).
-_RUN_FIELDS = ("dropout_rate", "remat", "scan_layers")
+_RUN_FIELDS = ("dropout_rate", "remat_policy", "scan_layers", "attention_kernel")
 
 
 def model_gin(config: Config, run_dir: runs.RunDir, source: str) -> str:

@@ -1,7 +1,22 @@
 """Encoder, Decoder and EncoderDecoder for T5 (pre-RMSNorm, relative bias) and BART (post-LN, learned positions).
 
 One code path; `Config.family` switches the few places the families differ.
-Shapes: B batch, I encoder length, T decoder length, D embed, V vocab.
+Shapes: B batch, I encoder length, T decoder length, D embed, V vocab, N layers.
+
+Layer stacks. Unrolled (default): parameters `layers_0`, `layers_1`, ... With
+`Config.scan_layers=True` each stack is one `nn.scan` over a single `layers` entry whose
+parameters are stacked [N, ...] with the leading logical axis `layers` (replicated by the rules
+table): XLA compiles one layer body instead of N. The relative-position bias is computed once per
+stack outside the scan and broadcast into it. `t5lite.layout` converts parameters, optimizer state
+and checkpoints between the two layouts.
+
+Decoding: the scanned decoder decodes too (`decode=True`). Its KV cache is stacked like its
+parameters: every cache variable of the `layers` entry has a leading [N] axis (cached keys
+[N, B, L, H, K], cache_index [N]); decoding.py's beam search gathers such leaves on axis 1.
+
+Rematerialisation (`Config.remat_policy`) wraps each layer in `nn.remat` (inside the scan when
+scanned); the flags `deterministic` / `decode` are module attributes, so they are static.
+Decoding never remats (no backward pass).
 """
 from __future__ import annotations
 
@@ -9,6 +24,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from t5lite.config import Config
 from t5lite.layers import (BATCH, EMBED, LENGTH, VOCAB, Attention, Embed, Mlp, Norm,
@@ -17,6 +33,20 @@ from t5lite.ops import matmul
 
 Array = jax.Array
 BART_POSITION_OFFSET = 2  # HF/fairseq BartLearnedPositionalEmbedding
+# Names of the activations the "save_attn_mlp_outputs" remat policy keeps.
+ATTENTION_OUT, MLP_OUT = "attention_out", "mlp_out"
+SCAN_AXIS = "layers"  # the logical name of stacked parameters' leading axis (partitioning.RULES)
+
+
+def remat_policy(name: str):
+  """jax.checkpoint policy for a Config.remat_policy name other than "none"."""
+  if name == "full":
+    return None  # jax.checkpoint's default: keep only the layer's inputs
+  if name == "minimal":
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  if name == "save_attn_mlp_outputs":
+    return jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT, MLP_OUT)
+  raise ValueError(f"remat policy {name!r} has no jax.checkpoint policy")
 
 
 def _dropout(cfg: Config, x: Array, deterministic: bool) -> Array:
@@ -34,44 +64,67 @@ def _sublayer(cfg: Config, norm: Norm, fn, x: Array, deterministic: bool) -> Arr
 
 class EncoderLayer(nn.Module):
   config: Config
+  deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BID, mask_B1II, bias_1HII, deterministic=True):
-    cfg = self.config
+  def __call__(self, x_BID, mask_B1II, bias_1HII):
+    cfg, det = self.config, self.deterministic
     attn = Attention(cfg, name="attention")
     x_BID = _sublayer(cfg, Norm(cfg, name="attention_norm"),
-                      lambda y: attn(y, y, mask_B1II, bias_1HII, deterministic), x_BID, deterministic)
+                      lambda y: checkpoint_name(attn(y, y, mask_B1II, bias_1HII, det),
+                                                ATTENTION_OUT),
+                      x_BID, det)
     mlp = Mlp(cfg, name="mlp")
-    x_BID = _sublayer(cfg, Norm(cfg, name="mlp_norm"), lambda y: mlp(y, deterministic), x_BID,
-                      deterministic)
+    x_BID = _sublayer(cfg, Norm(cfg, name="mlp_norm"),
+                      lambda y: checkpoint_name(mlp(y, det), MLP_OUT), x_BID, det)
     return constrain(x_BID, (BATCH, LENGTH, EMBED))
 
 
 class DecoderLayer(nn.Module):
   config: Config
+  deterministic: bool = True
+  decode: bool = False
 
   @nn.compact
-  def __call__(self, y_BTD, encoded_BID, self_mask_B1TT, cross_mask_B1TI, bias_1HTT,
-               deterministic=True, decode=False):
-    cfg = self.config
+  def __call__(self, y_BTD, encoded_BID, self_mask_B1TT, cross_mask_B1TI, bias_1HTT):
+    cfg, det, decode = self.config, self.deterministic, self.decode
     self_attn = Attention(cfg, name="self_attention")
     y_BTD = _sublayer(cfg, Norm(cfg, name="self_attention_norm"),
-                      lambda z: self_attn(z, z, self_mask_B1TT, bias_1HTT, deterministic, decode),
-                      y_BTD, deterministic)
+                      lambda z: checkpoint_name(
+                          self_attn(z, z, self_mask_B1TT, bias_1HTT, det, decode), ATTENTION_OUT),
+                      y_BTD, det)
     cross = Attention(cfg, cross=True, name="cross_attention")
     y_BTD = _sublayer(cfg, Norm(cfg, name="cross_attention_norm"),
-                      lambda z: cross(z, encoded_BID, cross_mask_B1TI, None, deterministic, decode),
-                      y_BTD, deterministic)
+                      lambda z: checkpoint_name(
+                          cross(z, encoded_BID, cross_mask_B1TI, None, det, decode), ATTENTION_OUT),
+                      y_BTD, det)
     mlp = Mlp(cfg, name="mlp")
-    y_BTD = _sublayer(cfg, Norm(cfg, name="mlp_norm"), lambda z: mlp(z, deterministic), y_BTD,
-                      deterministic)
+    y_BTD = _sublayer(cfg, Norm(cfg, name="mlp_norm"),
+                      lambda z: checkpoint_name(mlp(z, det), MLP_OUT), y_BTD, det)
     return constrain(y_BTD, (BATCH, LENGTH, EMBED))
 
 
-def _layer_class(cfg: Config, cls):
-  if cfg.remat:
-    return nn.remat(cls, static_argnums=(5, 6) if cls is DecoderLayer else (4,))
-  return cls
+def _scan_body(layer: nn.Module, carry_BLD: Array, *broadcast):
+  return layer(carry_BLD, *broadcast), None
+
+
+def _stack(cls, cfg: Config, num_layers: int, x_BLD: Array, *broadcast, **flags) -> Array:
+  """Runs `num_layers` layers of `cls` (flags: its module attributes) over x; the other
+  arguments (masks, bias, encoder output) are the same for every layer. Call it inside a compact
+  method: the layers become children of that module."""
+  if cfg.remat_policy != "none" and not flags.get("decode", False):
+    # prevent_cse only matters outside a scan (inside, the loop already stops XLA's CSE).
+    cls = nn.remat(cls, policy=remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
+  if not cfg.scan_layers:
+    for i in range(num_layers):
+      x_BLD = cls(cfg, name=f"layers_{i}", **flags)(x_BLD, *broadcast)
+    return x_BLD
+  scan = nn.scan(_scan_body, variable_axes={"params": 0, "cache": 0},
+                 split_rngs={"params": True, "dropout": True},
+                 in_axes=(nn.broadcast,) * len(broadcast), length=num_layers,
+                 metadata_params={nn.PARTITION_NAME: SCAN_AXIS})
+  x_BLD, _ = scan(cls(cfg, name=SCAN_AXIS, **flags), x_BLD, *broadcast)
+  return x_BLD
 
 
 class Encoder(nn.Module):
@@ -92,9 +145,8 @@ class Encoder(nn.Module):
       pos_I = jnp.arange(tokens_BI.shape[1])
       bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(pos_I, pos_I)
     x_BID = _dropout(cfg, x_BID, deterministic)
-    layer = _layer_class(cfg, EncoderLayer)
-    for i in range(cfg.num_encoder_layers):
-      x_BID = layer(cfg, name=f"layers_{i}")(x_BID, mask, bias, deterministic)
+    x_BID = _stack(EncoderLayer, cfg, cfg.num_encoder_layers, x_BID, mask, bias,
+                   deterministic=deterministic)
     if cfg.family == "t5":
       x_BID = Norm(cfg, name="final_norm")(x_BID)
     return _dropout(cfg, x_BID, deterministic)
@@ -148,10 +200,8 @@ class Decoder(nn.Module):
                                start=pos_start)
       y_BTD = Norm(cfg, name="embed_norm")(y_BTD)
     y_BTD = _dropout(cfg, y_BTD, deterministic)
-    layer = _layer_class(cfg, DecoderLayer)
-    for i in range(cfg.num_decoder_layers):
-      y_BTD = layer(cfg, name=f"layers_{i}")(y_BTD, encoded_BID, self_mask, cross_mask, bias,
-                                             deterministic, decode)
+    y_BTD = _stack(DecoderLayer, cfg, cfg.num_decoder_layers, y_BTD, encoded_BID, self_mask,
+                   cross_mask, bias, deterministic=deterministic, decode=decode)
     if cfg.family == "t5":
       y_BTD = Norm(cfg, name="final_norm")(y_BTD)
     y_BTD = _dropout(cfg, y_BTD, deterministic)

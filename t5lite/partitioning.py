@@ -31,6 +31,7 @@ RULES: tuple[tuple[str, Optional[str]], ...] = (
     ("kv", None),
     ("length", None),
     ("relpos_buckets", None),
+    ("layers", None),  # the leading axis of scanned stacks' parameters (Config.scan_layers)
 )
 
 
