@@ -16,7 +16,6 @@ fp32 parameters (Config defaults), T5 1.1 architectures from gin_configs/models/
 from __future__ import annotations
 
 import argparse
-import functools
 import multiprocessing
 import os
 import platform
@@ -52,35 +51,20 @@ def measure(model: str, scan: bool, remat: str, mesh_shape: tuple, batch: int, l
   t0 = time.perf_counter()
   with partitioning.activate(mesh):
     net = EncoderDecoder(config)
-    boxed = jax.eval_shape(lambda k: net.init(k, jnp.ones((batch, li), jnp.int32),
-                                              jnp.ones((batch, lt), jnp.int32))["params"],
-                           jax.random.key(0))
-    param_shardings = partitioning.logical_shardings(boxed, mesh)
-    params = partitioning.raw_values(boxed)
-    opt = jax.eval_shape(tx.init, params)
-    shardings = train.TrainState(
-        step=partitioning.replicated(mesh), params=param_shardings,
-        opt_state=partitioning.match_shardings(opt, params, param_shardings, mesh))
-    shapes = train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                              opt_state=opt)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         shapes, shardings)
+    state, shardings = train.state_shardings(config, tx, mesh)
     batch_shard = partitioning.batch_sharding(mesh)
     feats = {"encoder_input_tokens": (batch, li), "decoder_input_tokens": (batch, lt),
              "decoder_target_tokens": (batch, lt), "decoder_loss_weights": (batch, lt)}
     abstract_batch = {k: jax.ShapeDtypeStruct(s, jnp.float32 if "weights" in k else jnp.int32,
                                               sharding=batch_shard) for k, s in feats.items()}
-    step_fn = jax.jit(functools.partial(train.train_step, model=net, tx=tx, schedule=schedule,
-                                        z_loss=1e-4),
-                      in_shardings=(shardings, batch_shard), out_shardings=(shardings, None),
-                      donate_argnums=(0,))
+    step_fn = train.jit_train_step(net, tx, schedule, shardings, mesh, z_loss=1e-4)
     t1 = time.perf_counter()
     lowered = step_fn.lower(state, abstract_batch)
     t2, c2 = time.perf_counter(), time.process_time()
     lowered.compile()
     t3, c3 = time.perf_counter(), time.process_time()
   hlo_ops = sum(" = " in line for line in lowered.as_text().splitlines())
-  n_params = sum(x.size for x in jax.tree.leaves(params))
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
   return {"model": model, "layout": "scanned" if scan else "unrolled", "remat": remat,
           "params": n_params, "abstract init s": t1 - t0, "trace+lower s": t2 - t1,
           "compile s": t3 - t2, "compile CPU s": c3 - c2, "HLO ops": hlo_ops}

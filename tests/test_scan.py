@@ -1,5 +1,6 @@
 """Scanned layer stacks, remat policies, layout conversion and layout-switching checkpoints."""
 import contextlib
+import argparse
 import functools
 import io
 import json
@@ -15,8 +16,8 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from t5lite import checkpoints, decoding, hf, layout, optim, partitioning, train
-from t5lite import main as cli
+from t5lite import checkpoints, decoding, hf, layout, losses, optim, partitioning, train
+from t5lite.cli import common
 from t5lite.checkpoints import Checkpointer
 from t5lite.config import REMAT_POLICIES, Config
 from t5lite.network import EncoderDecoder
@@ -52,18 +53,7 @@ def mesh_of(shape):
 def abstract_state(cfg, tx, mesh, fsdp=False):
   """train.create_train_state's TrainState, abstract (ShapeDtypeStructs with its shardings):
   no init is compiled."""
-  model = EncoderDecoder(cfg)
-  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((B, LI), jnp.int32),
-                                            jnp.ones((B, LT), jnp.int32))["params"])
-  param_shardings = partitioning.logical_shardings(boxed, mesh, fsdp)
-  params = partitioning.raw_values(boxed)
-  opt = jax.eval_shape(tx.init, params)
-  shardings = train.TrainState(
-      step=partitioning.replicated(mesh), params=param_shardings,
-      opt_state=partitioning.match_shardings(opt, params, param_shardings, mesh))
-  shapes = train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      shapes, shardings)
+  return train.state_shardings(cfg, tx, mesh, fsdp)[0]
 
 
 def random_params(cfg, seed=0):
@@ -105,7 +95,7 @@ def test_scanned_logits_equal_unrolled(family, mesh_shape):
   params_s = layout.scanned(params_u)
   logits = {}
   with partitioning.activate(mesh):
-    inputs = train.model_inputs(partitioning.host_to_global(make_batch(), mesh))
+    inputs = losses.model_inputs(partitioning.host_to_global(make_batch(), mesh))
     for scan, params in ((False, params_u), (True, params_s)):
       c = cfg.replace(scan_layers=scan)
       shardings = jax.tree.map(lambda a: a.sharding, abstract_state(c, tx, mesh).params)
@@ -128,7 +118,7 @@ def test_scanned_parameters_have_a_layers_axis_and_real_shardings():
   assert specs["encoder"]["layers"]["attention"]["query"] == P("layers", "embed", "heads", "kv")
   assert specs["decoder"]["relpos_bias"]["rel_embedding"] == P("relpos_buckets", "heads")
   with partitioning.activate(mesh):
-    state, _, _ = train.create_train_state(cfg, tx, mesh, SHAPES, seed=0)
+    state, _, _ = train.create_train_state(cfg, tx, mesh, seed=0)
   enc = state.params["encoder"]["layers"]
   query_spec = P(None, None, "model", None)
   assert enc["attention"]["query"].shape == (3, TINY.emb_dim, TINY.num_heads, TINY.head_dim)
@@ -170,7 +160,7 @@ def test_remat_policies_same_loss_and_gradients_less_memory(scan):
   results, kept = {}, {}
   for policy in REMAT_POLICIES:
     model = EncoderDecoder(TINY.replace(scan_layers=scan, remat_policy=policy))
-    loss = functools.partial(lambda p, m: train.loss_fn(p, batch, model=m, z_loss=1e-4)[0],
+    loss = functools.partial(lambda p, m: losses.batch_loss(p, batch, model=m, z_loss=1e-4)[0],
                              m=model)
     results[policy] = jax.jit(jax.value_and_grad(loss))(params)
     kept[policy] = _residual_bytes(loss, params)
@@ -286,10 +276,9 @@ FULL_REMAT = "--gin.Config.remat_policy='full'"
 def run_train(model_dir, steps, *extra):
   gin.clear_config()
   args = FAST + [f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", *extra]
-  parser = cli.argparse.ArgumentParser()
-  cli.add_gin_flags(parser)
-  rest, bindings = cli.split_gin_overrides(args)
-  cli.parse_gin(parser.parse_args(rest), bindings)
+  parser = argparse.ArgumentParser()
+  common.add_gin_flags(parser)
+  common.parse_gin(common.parse_args(parser, args))
   return train.train(mesh=partitioning.make_mesh((4, 2)))
 
 

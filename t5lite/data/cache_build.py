@@ -18,8 +18,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import gzip
-import json
 import logging
 import multiprocessing
 import os
