@@ -88,6 +88,9 @@ def write_text(path, text: str) -> None:
   """Writes atomically where the file system allows (a temporary name, then a rename), so a
   reader never sees half a file."""
   path = os.fspath(path)
+  parent = os.path.dirname(path)
+  if parent and not exists(parent):
+    makedirs(parent)
   tmp = f"{path}.tmp-{os.getpid()}"
   with open_file(tmp, "w") as f:
     f.write(text)

@@ -90,3 +90,24 @@ def test_readme_layout_names_every_module():
   missing = [str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")
              if p.name != "__init__.py" and str(p.relative_to(REPO)) not in layout]
   assert not missing, f"README Layout does not list: {missing}"
+
+
+def test_commands_register_every_gin_configurable():
+  """Every module declaring a gin configurable is imported before a command parses gin (else a
+  run's own config.gin, which names them all, fails to parse)."""
+  from t5lite.cli import common  # pylint: disable=g-import-not-at-top
+  source = ast.parse((PACKAGE / "cli" / "common.py").read_text())
+  fn = next(n for n in ast.walk(source)
+            if isinstance(n, ast.FunctionDef) and n.name == "register_configurables")
+  imported = imports_of(fn)
+  declaring = {name for name, path in modules().items() if "@gin.configurable" in path.read_text()}
+  assert declaring and declaring <= imported, sorted(declaring - imported)
+  assert callable(common.register_configurables)
+
+
+def imports_of(node) -> set[str]:
+  found = set()
+  for n in ast.walk(node):
+    if isinstance(n, ast.ImportFrom) and n.module:
+      found.update(f"{n.module}.{a.name}" for a in n.names)
+  return found
