@@ -339,3 +339,12 @@ def test_demo_bart_and_ul2():
   assert (ex["inputs"] == vocab.vocab_size - 1).sum() > 3
   ex = examples("demo_ul2", 5, {"inputs": 256, "targets": 256})[0]
   assert vocab.decode(ex["inputs"].tolist()).startswith("[")
+
+
+def test_sentencepiece_bart_random_tokens_are_never_sentinels(t5_vocab_path):
+  """Random replacement tokens come from the real pieces [3, 32000), never an extra id (which
+  would be <mask> itself or another sentinel)."""
+  vocab = get_vocabulary(str(t5_vocab_path))
+  info = bart_noise.bart_vocab_info(vocab)
+  assert (info.random_low, info.random_high, info.mask_id) == (3, 32000, 32099)
+  assert info.word_start[32000:].all()  # sentinels start words

@@ -183,3 +183,18 @@ def test_helper_lengths_hold_when_rounding_gives_no_span():
   noise = round(tokens * 0.15)
   assert (tokens - noise) + 1 + 1 == 128  # non-noise + one sentinel + EOS fill the inputs exactly
   assert targets == noise + 1 + 1
+
+
+@pytest.mark.parametrize("density,mean", [(0.15, 3.0), (0.15, 8.0)])
+def test_helper_targets_hold_every_mask(density, mean):
+  """The targets length random_spans_helper gives always holds what random_spans_noise_mask
+  makes for that raw length (noise tokens + one sentinel per span + EOS). At these inputs
+  lengths t5's float64 helper came out one span short of the float32 mask."""
+  for inputs_length in (172, 316, 352, 512, 604, 640, 1024, 1371):
+    raw, targets = sc.random_spans_helper(inputs_length, density, mean)
+    mask = sc.random_spans_noise_mask(raw, density, mean, seeds=tf.constant([[1, 2], [3, 4]]))
+    mask = mask.numpy()
+    spans = int(np.sum(mask[1:] & ~mask[:-1]) + mask[0])
+    assert int(mask.sum()) + spans + 1 <= targets, (inputs_length, raw, targets)
+    inputs = int((~mask).sum()) + spans + 1
+    assert inputs <= inputs_length, (inputs_length, raw, inputs)

@@ -41,7 +41,8 @@ def bart_vocab_info(vocabulary: seqio.Vocabulary) -> BartVocabInfo:
     return BartVocabInfo(vocabulary.mask_id, vocabulary.id_for_piece("."),
                          vocabulary.word_start_table(), 4, vocabulary.mask_id)
   sp = vocabulary.tokenizer  # seqio.SentencePieceVocabulary: the sentencepiece processor
-  base = sp.get_piece_size()
+  # The real pieces: seqio's processor also counts the extra ids (sentinels, <mask> among them).
+  base = vocabulary.vocab_size - max(vocabulary.extra_ids, 0)
   word_start = np.ones(vocabulary.vocab_size, dtype=bool)  # specials and sentinels start words
   for i in range(NUM_RESERVED_T5, base):
     word_start[i] = sp.id_to_piece(i).startswith("▁")

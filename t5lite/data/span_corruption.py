@@ -14,6 +14,7 @@ import functools
 import math
 from typing import Callable, Mapping, Optional
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -29,11 +30,14 @@ def random_spans_helper(inputs_length: int, noise_density: float, mean_noise_spa
   """
 
   def lengths(tokens_length):
-    # The same counts random_spans_noise_mask uses (at least one noise span, one non-noise token);
-    # t5's helper omits these bounds, which only matters for short inputs or long spans.
-    num_noise = min(max(int(round(tokens_length * noise_density)), 1), tokens_length - 1)
+    # The same counts random_spans_noise_mask uses (at least one noise span, one non-noise token),
+    # in float32 as it computes them: t5's helper uses float64 and omits the bounds, so at some
+    # lengths (e.g. inputs 172) its targets length is one span short and the targets get trimmed.
+    f32 = np.float32
+    num_noise = min(max(int(np.round(f32(tokens_length) * f32(noise_density))), 1),
+                    tokens_length - 1)
     num_nonnoise = tokens_length - num_noise
-    num_spans = max(int(round(num_noise / mean_noise_span_length)), 1)
+    num_spans = max(int(np.round(f32(num_noise) / f32(mean_noise_span_length))), 1)
     return (num_nonnoise + num_spans * extra_tokens_per_span_inputs + 1,
             num_noise + num_spans * extra_tokens_per_span_targets + 1)
 
