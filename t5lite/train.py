@@ -238,6 +238,11 @@ def _train(run_dir, train_steps, name, lengths, batch_size, config, z_loss, micr
     run_dir.write_config(gin.operative_config_str())
     writer.drop_after(start)  # steps a crash logged after the checkpoint are logged again
 
+  if is_chief:  # the demo's token cache is built on first use; other processes wait for it
+    streams.ensure_cache(name)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("t5lite: data cache ready")
   data = streams.TrainStream(name, lengths, batch_size, seed, start, data_state,
                              jax.process_index(), jax.process_count())
   step_fn = jit_train_step(model, tx, schedule, shardings, mesh, z_loss=z_loss,

@@ -6,10 +6,10 @@ Used two ways:
     jax.distributed is real), waits with a hard timeout, and kills them all on failure.
   * as a script: `python tests/multihost_util.py [--emulate_shards=N] [--step_delay=S] -- ARGS`
     is `t5lite train ARGS` with two test-only changes to the *data* (nothing else is touched):
-      --emulate_shards=N  a single process reads what N processes would read: shard i of N with
-                          batch_size/N examples for every i, concatenated in process order, so
-                          its global batch equals the N-process run's global batch (the
-                          reference that makes 1- and N-process losses comparable).
+      --emulate_shards=N  (the tf.data path, DATA_CACHE_DIR=None) a single process reads what N
+                          processes would read: shard i of N with batch_size/N examples for
+                          every i, concatenated in process order, so its global batch equals the
+                          N-process run's (the token cache needs no such help).
       --step_delay=S      each batch arrives >= S seconds after the previous one, so a signal
                           can land mid-run on a tiny model whose steps take milliseconds.
 """
@@ -152,11 +152,11 @@ def train(model_dir, log_dir, steps: int = TRAIN_STEPS, processes: int = 1, devi
 
 @functools.lru_cache(maxsize=None)
 def reference(processes: int) -> pathlib.Path:
-  """An uninterrupted run to TRAIN_STEPS, shared by the tests of a session: 1 process x 8
-  devices reading both shards (emulate_shards=2), or 2 processes x 4 devices."""
+  """An uninterrupted run to TRAIN_STEPS on the token cache, shared by the tests of a session:
+  `processes` processes x 8 / processes devices."""
   model_dir = session_dir() / f"reference_{processes}p"
   train(model_dir, session_dir(), processes=processes, devices=8 // processes,
-        emulate_shards=2 if processes == 1 else 0, name=model_dir.name)
+        name=model_dir.name)
   return model_dir
 
 
@@ -191,7 +191,7 @@ def saved_params(model_dir, step: int) -> dict:
   return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
 
 
-def _patched_get_dataset(original, emulate_shards: int, step_delay: float):
+def _patched_get_dataset(original, emulate_shards: int):
   import seqio  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -209,26 +209,16 @@ def _patched_get_dataset(original, emulate_shards: int, step_delay: float):
     else:
       ds = original(name, task_feature_lengths, batch_size, split=split, shuffle=shuffle,
                     seed=seed, shard_info=shard_info, start_batch=start_batch, **kwargs)
-    if step_delay > 0 and split == "train":
-      def slow(batch):
-        time.sleep(step_delay)
-        return batch
-      return _Slow(ds, slow)
     return ds
   return get_dataset
 
 
-class _Slow:
-  """A dataset whose numpy iterator waits before each batch (only as_numpy_iterator is used)."""
-
-  def __init__(self, ds, fn):
-    self._ds, self._fn = ds, fn
-
-  def as_numpy_iterator(self):
-    return (self._fn(b) for b in self._ds.as_numpy_iterator())
-
-  def __getattr__(self, name):
-    return getattr(self._ds, name)
+def _slowed(next_batch, step_delay: float):
+  """TrainStream.__next__ that waits step_delay seconds before each training batch."""
+  def slow(self):
+    time.sleep(step_delay)
+    return next_batch(self)
+  return slow
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -240,9 +230,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   rest = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
   sys.path.insert(0, str(REPO))
   from t5lite import main as t5main  # pylint: disable=g-import-not-at-top
-  from t5lite.data import pipeline  # pylint: disable=g-import-not-at-top
-  pipeline.get_dataset = _patched_get_dataset(pipeline.get_dataset, args.emulate_shards,
-                                              args.step_delay)
+  from t5lite.data import pipeline, streams  # pylint: disable=g-import-not-at-top
+  pipeline.get_dataset = _patched_get_dataset(pipeline.get_dataset, args.emulate_shards)
+  if args.step_delay > 0:
+    streams.TrainStream.__next__ = _slowed(streams.TrainStream.__next__, args.step_delay)
   sys.exit(t5main.main(["train", *rest]))
 
 

@@ -1,7 +1,7 @@
 """SIGTERM / SIGINT to real training processes: finish the step, save, exit 0; rerunning the
 same command resumes there and ends exactly where an uninterrupted run ends.
 
-The data order depends only on seed, step and process count/index, so the interrupted-and-
+The data (the token cache) depends only on seed and step, so the interrupted-and-
 resumed run's per-step losses equal the uninterrupted run's (multihost_util.reference), and so
 do its final parameters (read back from both final checkpoints with orbax).
 """
@@ -37,7 +37,7 @@ def assert_same_run_as(model_dir, reference, rtol):
 
 def test_sigterm_one_process_saves_and_resumes(tmp_path):
   model_dir = tmp_path / "run"
-  run = mh.Run(mh.train_args(model_dir), 1, 8, tmp_path, emulate_shards=2, step_delay=0.5,
+  run = mh.Run(mh.train_args(model_dir), 1, 8, tmp_path, step_delay=0.5,
                name="first")
   wait_for_first_metrics(run, model_dir)
   run.signal(signal.SIGTERM)
@@ -47,7 +47,7 @@ def test_sigterm_one_process_saves_and_resumes(tmp_path):
   assert 2 <= saved < STEPS, out
   assert f"stopped at step {saved} on request; checkpoint saved" in out
 
-  out = mh.train(model_dir, tmp_path, processes=1, devices=8, emulate_shards=2, step_delay=0.5,
+  out = mh.train(model_dir, tmp_path, processes=1, devices=8, step_delay=0.5,
                  name="second")
   assert f"resumed from {model_dir / 'checkpoints'}/{saved}" in out
   # Same process count, devices and data as the reference: bit-for-bit the same run.

@@ -173,12 +173,12 @@ def test_kill_9_during_async_saves_then_resume_is_bit_exact(tmp_path):
   extra = ["--gin.Checkpointer.save_period=1"]
   seen = []
   for i in range(3):
-    run = mh.Run(mh.train_args(model_dir) + extra, 1, 8, tmp_path, emulate_shards=2,
+    run = mh.Run(mh.train_args(model_dir) + extra, 1, 8, tmp_path,
                  step_delay=0.3, name=f"killed{i}")
     seen.append(_kill_during_save(run, model_dir, skip=i))
     steps = mh.checkpoint_steps(model_dir)
     assert not steps or steps[-1] < mh.TRAIN_STEPS
-  out = mh.train(model_dir, tmp_path, processes=1, devices=8, emulate_shards=2,
+  out = mh.train(model_dir, tmp_path, processes=1, devices=8,
                  extra_args=extra, name="final")
   assert "taking over the run lock" in out and "is gone" in out
   assert all("orbax-checkpoint-tmp" in name for name in seen), seen

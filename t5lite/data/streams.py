@@ -11,6 +11,7 @@ EncDecFeatureConverter(pack=True) layout.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
@@ -20,12 +21,19 @@ from t5lite.data import sources as sources_lib
 CACHE_STATE = "t5lite.indexed/1"
 
 
-def _cache_dir(sources: sources_lib.Sources, name: str, split: str) -> str:
-  """The cache folder, built first when Sources.build_missing_cache says so."""
-  if sources.build_missing_cache:
+def ensure_cache(name: str, sources: Optional[sources_lib.Sources] = None) -> None:
+  """Builds the missing token caches of `name` (its sources' train and validation splits) when
+  Sources.build_missing_cache says so; one process of a multi-process run calls it, the others
+  wait for it. A finished cache is not touched."""
+  sources = sources or sources_lib.Sources()
+  if sources.cache_dir and sources.build_missing_cache:
     from t5lite.data import cache_build  # pylint: disable=g-import-not-at-top
-    cache_build.build(name, sources.cache_dir, splits=[split], echo=lambda s: None)
-  return sources.cache_dir
+    cache_build.build(name, cache_dir(sources), echo=lambda s: None)
+
+
+def cache_dir(sources: sources_lib.Sources) -> str:
+  """Sources.cache_dir with ~ and environment variables expanded."""
+  return os.path.expanduser(os.path.expandvars(sources.cache_dir))
 
 
 class TrainStream(Iterator[dict]):
@@ -41,7 +49,7 @@ class TrainStream(Iterator[dict]):
     if self.cached:
       from t5lite.data import indexed  # pylint: disable=g-import-not-at-top
       stream = indexed.IndexedStream(
-          name, lengths, batch_size, _cache_dir(self.sources, name, "train"), split="train",
+          name, lengths, batch_size, cache_dir(self.sources), split="train",
           seed=seed, process_index=process_index, process_count=process_count)
       if data_state and data_state.get("format") == CACHE_STATE:
         self._it = stream.iterator(state=data_state)
@@ -108,7 +116,7 @@ def validation_batches(name: str, lengths: Mapping[str, int], batch_size: int, n
   if sources.cache_dir:
     from t5lite.data import indexed  # pylint: disable=g-import-not-at-top
     stream = indexed.IndexedStream(name, lengths, batch_size,
-                                   _cache_dir(sources, name, "validation"), split="validation",
+                                   cache_dir(sources), split="validation",
                                    shuffle=False, process_index=process_index,
                                    process_count=process_count)
     for b in range(num_batches):
