@@ -1,6 +1,6 @@
 """The index-addressed stream over a real C4 token cache: purity, elasticity, epochs, mixtures,
-resume state, packing layout and bad files. The objective is a stand-in until
-t5lite.data.noise lands: it uses its rng, so noise keyed on anything but (seed, index) shows."""
+resume state, packing layout and bad files (with a stand-in objective that uses its rng, so noise
+keyed on anything but (seed, index) shows), then the real objectives' statistics on it."""
 import collections
 import gzip
 import json
@@ -288,3 +288,78 @@ def test_a_bad_record_leaves_out_only_its_rows_on_any_process_count(cache_root, 
     assert stats["bad"] == ({meta.files[0].source: sum(touched)} if any(touched) else {})
     hits += sum(touched)
   assert hits == 5  # pieces 12..16 of 510 tokens overlap tokens 6144..8191 (record 3)
+
+
+# ----------------------------------------------------------------------------- real objectives
+
+
+def _strip(ids):
+  ids = ids[ids != 0]
+  return ids[:-1]  # EOS
+
+
+def test_span_corruption_on_the_cache_keeps_t5s_statistics(cache_root):
+  """The real objective (data/noise.py) through the stream, 512/114 on the real C4 sample and
+  vocabulary: lengths within bounds, density 0.15 +- 0.01, mean span 3.0 +- 0.15, and inputs +
+  targets give back exactly the cached piece."""
+  s = indexed.IndexedStream(TASK, LENGTHS, 16, cache_root, seed=3)
+  task = s.tasks[0]
+  first = 32099
+  noise = kept = spans = n = 0
+  for b in range(25):
+    batch = s.batch(b)
+    for row in range(16):
+      inputs = _strip(batch["encoder_input_tokens"][row])
+      targets = _strip(batch["decoder_target_tokens"][row])
+      assert len(inputs) < 512 and len(targets) < 114
+      is_sentinel = lambda t: t > first - 100  # noqa: E731
+      k = int(is_sentinel(targets).sum())
+      merged, t = [], 0
+      spans_of_targets = np.split(targets, np.flatnonzero(is_sentinel(targets))[1:])
+      for token in inputs:
+        if is_sentinel(token):
+          merged.extend(spans_of_targets[t][1:])
+          t += 1
+        else:
+          merged.append(token)
+      _, f, start = s.locate(b * 16 + row)
+      piece = task.cache.read(f, [start], task.raw_length)[0]
+      np.testing.assert_array_equal(merged, piece)
+      noise += len(targets) - k
+      kept += len(inputs) - k
+      spans += k
+      n += 1
+  assert n == 400
+  assert abs(noise / (noise + kept) - 0.15) < 0.01
+  assert abs(noise / spans - 3.0) < 0.15
+
+
+def test_ul2_and_bart_statistics_on_the_cache(cache_root, gpt2_bpe_dir, t5_vocab_path):
+  """`t5lite inspect`'s statistics read from the cache (DATA_CACHE_DIR) for the UL2 mixture and
+  BART denoising (GPT-2 BPE: a second cache of the same source)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from t5lite.data import statistics  # pylint: disable=g-import-not-at-top
+  shards = seqio.get_mixture_or_task(TASK).source._split_to_filepattern["train"]  # pylint: disable=protected-access
+  tasks.register_all(Sources(vocabulary_path=str(t5_vocab_path), c4_json_files=shards,
+                             c4_json_validation_files=shards, gpt2_bpe_dir=str(gpt2_bpe_dir)))
+  cache_build.build("c4_json_bart_denoising", cache_root, splits=["train"], echo=lambda s: None)
+  try:
+    with gin.unlock_config():
+      gin.bind_parameter("Sources.cache_dir", cache_root)
+    ul2 = statistics.describe("c4_json_ul2", {"inputs": 512, "targets": 512}, 0, 280)
+    bart = statistics.describe("c4_json_bart_denoising", {"inputs": 512, "targets": 512}, 0, 40)
+  finally:
+    gin.clear_config()
+  by_task = ul2["stats"]["by_task"]
+  for name, stats in by_task.items():
+    rate = 0.5 if "rate50" in name else 0.25 if "_s_" in name else 0.15
+    assert abs(stats["noise_density"] - rate) < 0.04, (name, stats)
+    assert stats["inputs_length"]["max"] <= 512 and stats["targets_length"]["max"] <= 512
+    if "mean3" in name or "mean8" in name:
+      mean = 3 if "mean3" in name else 8
+      assert abs(stats["mean_span_length"] - mean) < 0.35 * mean, (name, stats)
+  assert abs(sum(s["num_examples"] for s in by_task.values()) - 280) == 0
+  stats = bart["stats"]
+  assert 0.15 < stats["noise_density"] < 0.45 and stats["spans_per_example"] > 1
+  assert stats["targets_length"]["max"] <= 512
+

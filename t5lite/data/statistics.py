@@ -11,6 +11,7 @@ Statistics over unpacked examples (lengths count EOS):
 """
 from __future__ import annotations
 
+import itertools
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -68,8 +69,42 @@ class _TaskInfo:
     return None, len(targets), None
 
 
+def _cached_stream(name: str, lengths: Mapping[str, int], split: str, seed: int):
+  """The token cache's stream (data/streams.py) when DATA_CACHE_DIR is set; else None."""
+  from t5lite.data import indexed, sources, streams  # pylint: disable=g-import-not-at-top
+  source = sources.Sources()
+  if not source.cache_dir:
+    return None
+  streams.ensure_cache(name, source)
+  return indexed.IndexedStream(name, lengths, PACK_BATCH_SIZE, streams.cache_dir(source),
+                               split=split, seed=seed, shuffle=split == "train")
+
+
+def _segments(batch: Mapping[str, np.ndarray], row: int):
+  """The (inputs, targets) of each packed segment of one row, EOS included."""
+  enc, dec = batch["encoder_segment_ids"][row], batch["decoder_segment_ids"][row]
+  for segment in range(1, int(enc.max(initial=0)) + 1):
+    yield (batch["encoder_input_tokens"][row][enc == segment],
+           batch["decoder_target_tokens"][row][dec == segment])
+
+
 def _examples(name: str, lengths: Mapping[str, int], split: str, seed: int, count: int):
-  """Yields (_TaskInfo, example) of `count` unpacked examples, sampled as the mixture samples."""
+  """Yields (_TaskInfo, example) of `count` unpacked examples, sampled as the mixture samples
+  (from the token cache's stream when DATA_CACHE_DIR is set)."""
+  stream = _cached_stream(name, lengths, split, seed)
+  if stream is not None:
+    infos = {task.name: _TaskInfo(task) for task, _ in tasks_lib.leaf_tasks(name)}
+    b = 0
+    while count > 0:
+      batch = stream.batch(b)
+      for row in range(stream.rows):
+        where = stream.locate(b * stream.batch_size + row)
+        for inputs, targets in _segments(batch, row):
+          if count > 0:
+            count -= 1
+            yield infos[stream.tasks[where[0]].name], {"inputs": inputs, "targets": targets}
+      b += 1
+    return
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tasks = tasks_lib.leaf_tasks(name)
   infos = [_TaskInfo(task) for task, _ in tasks]
@@ -108,11 +143,15 @@ def _summary(rows: Sequence[dict]) -> dict:
 def packing_efficiency(name: str, lengths: Mapping[str, int], split: str, seed: int,
                        num_examples: int) -> dict:
   """Non-padding fraction of the pipeline's packed batches holding about num_examples examples."""
-  ds = pipeline.get_dataset(name, lengths, PACK_BATCH_SIZE, split=split, shuffle=True, seed=seed,
-                            pack=True)
+  stream = _cached_stream(name, lengths, split, seed)
+  if stream is not None:
+    batches = (stream.batch(b) for b in itertools.count())
+  else:
+    batches = pipeline.get_dataset(name, lengths, PACK_BATCH_SIZE, split=split, shuffle=True,
+                                   seed=seed, pack=True).as_numpy_iterator()
   filled = {"inputs": [], "targets": []}
   examples = rows = 0
-  for batch in ds.as_numpy_iterator():
+  for batch in batches:
     enc, dec = batch["encoder_segment_ids"], batch["decoder_segment_ids"]
     filled["inputs"].append(np.mean(enc > 0))
     filled["targets"].append(np.mean(dec > 0))
