@@ -1,8 +1,9 @@
-"""Packed pipelines of every pretraining objective vs T5 span corruption, in one run.
+"""Every pretraining objective's input pipeline, tf.data and token cache, in one run.
 
-All read the real C4 sample through the same JSON source and seqio chain (rekey, tokenize,
-objective, append_eos_after_trim, EncDecFeatureConverter(pack=True)); T5/UL2 objectives use
-the real T5 vocabulary, BART ones GPT-2 byte-level BPE. Each objective runs at inputs 512 and
+All read the real C4 sample. tf.data: the seqio chain (rekey, tokenize, objective,
+append_eos_after_trim, EncDecFeatureConverter(pack=True)); cache: the token cache read by the
+index-addressed stream with the objective in numpy (data/noise.py), one thread. T5/UL2 objectives
+use the real T5 vocabulary, BART ones GPT-2 byte-level BPE. Each objective runs at inputs 512 and
 the targets length it needs (objectives.required_targets_length). Prints a markdown table.
 
   .venv/bin/python benchmarks/bench_objectives.py [--batches 12] [--repeats 2]
@@ -13,6 +14,8 @@ import argparse
 import os
 import pathlib
 import platform
+import tempfile
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -20,12 +23,12 @@ import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from t5lite.data import get_vocabulary, tasks  # noqa: E402
+from t5lite.data import cache_build, get_vocabulary, indexed, tasks  # noqa: E402
 from t5lite.data import sources  # noqa: E402
 from t5lite.data import objectives as obj  # noqa: E402
 from t5lite.data.gpt2_vocab import GPT2BPEVocabulary  # noqa: E402
 
-from bench_pipeline import throughput  # noqa: E402  (this folder is on sys.path)
+from bench_pipeline import _examples_in, tf_data_rate  # noqa: E402  (this folder is on sys.path)
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 INPUTS = 512
@@ -72,28 +75,39 @@ def main() -> None:
   lengths = {label: {"inputs": INPUTS, "targets": obj.required_targets_length(o, INPUTS, **kw)}
              for label, (_, o, kw) in PIPELINES.items()}
 
-  rates = {label: [] for label in PIPELINES}
+  root = tempfile.mkdtemp(prefix="bench-objectives-")
+  for name in ("bench_span_corruption", "bench_bart_denoising"):  # the T5 and the GPT-2 caches
+    cache_build.build(name, root, splits=["train"], echo=lambda s: None)
+
+  def cache_rate(name, lengths):
+    it = indexed.IndexedStream(name, lengths, args.batch_size, root).iterator(0, num_threads=1)
+    next(it)
+    t0, examples = time.perf_counter(), 0
+    for _ in range(args.batches):
+      examples += _examples_in(next(it))
+    it.close()
+    return examples / (time.perf_counter() - t0)
+
+  rates = {label: {"tf.data": [], "cache": []} for label in PIPELINES}
   for _ in range(args.repeats):  # alternate to even out machine noise
     for label, (name, _, _) in PIPELINES.items():
-      rates[label].append(throughput(name, args.batch_size, args.batches, lengths[label]))
+      rates[label]["tf.data"].append(
+          tf_data_rate(name, args.batches, args.batch_size, lengths[label]))
+      rates[label]["cache"].append(cache_rate(name, lengths[label]))
   stats = {label: lengths_stats(name, lengths[label]) for label, (name, _, _) in PIPELINES.items()}
 
   print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
         f"{os.getloadavg()[0]:.1f}, Python {platform.python_version()}, tensorflow {tf.__version__}")
-  print(f"packed (EncDecFeatureConverter), batch {args.batch_size}, {args.batches} batches x "
-        f"{args.repeats} repeats after 2 warm-up batches; lengths over the first 200 unpacked "
-        "examples\n")
-  print("| pipeline | task | inputs / targets | examples/s (best) | rows/s (best) "
-        "| inputs mean | targets mean |")
+  print(f"packed, batch {args.batch_size}, {args.batches} batches x {args.repeats} repeats after "
+        "warm-up; lengths over the first 200 unpacked tf.data examples\n")
+  print("| pipeline | task | inputs / targets | tf.data examples/s (best) | cache examples/s "
+        "(best, 1 thread) | inputs mean | targets mean |")
   print("|---|---|---|---|---|---|---|")
   for label, (name, _, _) in PIPELINES.items():
-    ex_s = max(r[0] for r in rates[label])
-    rows_s = max(r[1] for r in rates[label])
     li, lt = stats[label]
-    print(f"| {label} | {name} | {INPUTS} / {lengths[label]['targets']} | {ex_s:,.0f} "
-          f"| {rows_s:,.0f} | {li:.1f} | {lt:.1f} |")
-  print("\nall runs (examples/s):",
-        {label: [round(r[0]) for r in runs] for label, runs in rates.items()})
+    print(f"| {label} | {name} | {INPUTS} / {lengths[label]['targets']} | "
+          f"{max(rates[label]['tf.data']):,.0f} | {max(rates[label]['cache']):,.0f} | {li:.1f} | "
+          f"{lt:.1f} |")
 
 
 if __name__ == "__main__":
