@@ -5,18 +5,19 @@
 #   launch/tpu_vm.sh create --name=t5 --zone=us-central2-b --accelerator-type=v4-32 [--spot]
 #   launch/tpu_vm.sh setup  --name=t5 --zone=us-central2-b
 #   launch/tpu_vm.sh train  --name=t5 --zone=us-central2-b -- --gin_file=... --gin.MODEL_DIR="'gs://b/run'"
+#   launch/tpu_vm.sh cache  --name=t5 --zone=us-central2-b -- c4_json_span_corruption --output gs://b/cache
 #   launch/tpu_vm.sh logs | status | stop | delete  --name=t5 --zone=us-central2-b
 #
 # Run `launch/tpu_vm.sh --help` for every option.
 set -euo pipefail
 
-readonly SUBCOMMANDS="create setup train logs status stop delete"
+readonly SUBCOMMANDS="create setup train cache logs status stop delete"
 # shellcheck disable=SC2088  # the tilde is for the worker's shell to expand
 readonly REMOTE_DIR='~/t5lite'  # on every worker
 
 usage() {
   cat <<'EOF'
-Usage: launch/tpu_vm.sh SUBCOMMAND [OPTIONS] [-- T5LITE_TRAIN_ARGS...]
+Usage: launch/tpu_vm.sh SUBCOMMAND [OPTIONS] [-- T5LITE_ARGS...]
 
 Subcommands:
   create   create the TPU VM (gcloud compute tpus tpu-vm create)
@@ -25,7 +26,10 @@ Subcommands:
   train    run `t5lite train ARGS` (ARGS = everything after `--`, passed
            byte-exact) on every worker, detached; logs to
            ~/t5lite/logs/train-<timestamp>.log on each worker
-  logs     tail the latest training log (worker 0, or --worker=N)
+  cache    run `t5lite cache ARGS --shard auto` on every worker, detached: the
+           token cache built in parallel, each worker taking its share of the
+           input files (t5lite finds the worker's number and count)
+  logs     tail the latest train/cache log (worker 0, or --worker=N)
   status   describe the TPU VM and list t5lite train processes on all workers
   stop     send SIGTERM (or --signal=INT) to t5lite train on all workers;
            it saves a checkpoint and exits
@@ -117,7 +121,7 @@ while (($# > 0)); do
     --dry-run) dry_run=1 ;;
     -h | --help) usage; exit 0 ;;
     --)
-      [[ "$cmd" == train ]] || die "arguments after -- are only taken by train"
+      [[ "$cmd" == train || "$cmd" == cache ]] || die "arguments after -- are only taken by train and cache"
       train_args=("$@")
       break
       ;;
@@ -135,6 +139,8 @@ require "$zone" --zone T5LITE_ZONE
 [[ "$signal" == INT || "$signal" == TERM ]] || die "--signal must be INT or TERM, got '$signal'"
 [[ "$cmd" != train || ${#train_args[@]} -gt 0 ]] ||
   die "train needs the t5lite train arguments after --, e.g. -- --gin_file=..."
+[[ "$cmd" != cache || ${#train_args[@]} -gt 0 ]] ||
+  die "cache needs the t5lite cache arguments after --, e.g. -- c4_json_span_corruption --output gs://BUCKET/cache"
 
 if ((!dry_run)) && ! command -v gcloud >/dev/null 2>&1; then
   die "gcloud not found on PATH; install the Google Cloud SDK (https://cloud.google.com/sdk/docs/install) and run 'gcloud auth login'"
@@ -202,19 +208,21 @@ case "$cmd" in
     ssh_all all "$remote"
     ;;
 
-  train)
+  train | cache)
+    # cache: each worker builds its share of the input files (t5lite cache --shard auto).
+    [[ "$cmd" != cache ]] || train_args+=(--shard=auto)
     # The arguments travel as base64 of NUL-terminated strings: the worker's
     # shell only ever sees [A-Za-z0-9+/=], and decodes them into a bash array,
     # so quotes, spaces, $, ;, backticks and newlines arrive untouched.
     args_b64="$(printf '%s\0' "${train_args[@]}" | base64 | tr -d '\n')"
-    log="logs/train-$(date -u +%Y%m%d-%H%M%S).log"
-    echo "tpu_vm.sh: every worker runs: t5lite train $(shquote "${train_args[@]}")" >&2
+    log="logs/$cmd-$(date -u +%Y%m%d-%H%M%S).log"
+    echo "tpu_vm.sh: every worker runs: t5lite $cmd $(shquote "${train_args[@]}")" >&2
     remote="set -e; cd $REMOTE_DIR && mkdir -p logs"
     remote+="; [ -x .venv/bin/t5lite ] || { echo \"\$(hostname): no $REMOTE_DIR/.venv/bin/t5lite; run: launch/tpu_vm.sh setup\" >&2; exit 1; }"
     remote+="; mapfile -d \"\" -t args < <(printf %s $args_b64 | base64 -d)"
-    remote+="; nohup setsid .venv/bin/t5lite train \"\${args[@]}\" > $log 2>&1 < /dev/null &"
+    remote+="; nohup setsid .venv/bin/t5lite $cmd \"\${args[@]}\" > $log 2>&1 < /dev/null &"
     remote+=" ln -sfn ${log#logs/} logs/latest.log"
-    remote+="; echo \"\$(hostname): t5lite train started (pid \$!), log: $REMOTE_DIR/$log\""
+    remote+="; echo \"\$(hostname): t5lite $cmd started (pid \$!), log: $REMOTE_DIR/$log\""
     ssh_all all "$remote"
     echo "tpu_vm.sh: log on each worker: $REMOTE_DIR/$log  (see: launch/tpu_vm.sh logs)" >&2
     ;;

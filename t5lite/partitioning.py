@@ -199,3 +199,29 @@ def initialize_distributed() -> bool:
     jax.distributed.initialize()
     return True
   return False
+
+
+_GCE_ATTRIBUTES = "http://metadata.google.internal/computeMetadata/v1/instance/attributes/"
+
+
+def host_and_count() -> tuple[int, int]:
+  """(this host's index, number of hosts) without starting jax.distributed, for jobs that split
+  work over hosts by themselves (`t5lite cache --shard auto`). In order: T5LITE_PROCESS_ID /
+  T5LITE_NUM_PROCESSES; TPU_WORKER_ID / TPU_WORKER_HOSTNAMES; a TPU VM's metadata server
+  (agent-worker-number, worker-network-endpoints); SLURM_PROCID / SLURM_NTASKS; else (0, 1)."""
+  env = os.environ
+  for index, count in (("T5LITE_PROCESS_ID", "T5LITE_NUM_PROCESSES"),
+                       ("SLURM_PROCID", "SLURM_NTASKS")):
+    if env.get(index) and env.get(count):
+      return int(env[index]), int(env[count])
+  if env.get("TPU_WORKER_ID") and env.get("TPU_WORKER_HOSTNAMES"):
+    return int(env["TPU_WORKER_ID"]), len(env["TPU_WORKER_HOSTNAMES"].split(","))
+  import urllib.request  # pylint: disable=g-import-not-at-top
+  try:
+    def get(name):
+      request = urllib.request.Request(_GCE_ATTRIBUTES + name, headers={"Metadata-Flavor": "Google"})
+      with urllib.request.urlopen(request, timeout=2) as response:
+        return response.read().decode()
+    return int(get("agent-worker-number")), len(get("worker-network-endpoints").split(","))
+  except (OSError, ValueError):  # not on a TPU VM
+    return 0, 1

@@ -411,3 +411,33 @@ def test_slurm_example_runs_t5lite_train_with_srun(tmp_path):
     assert record["env"]["JAX_LOCAL_DEVICE_IDS"] == "0,1,2,3,4,5,6,7"
     assert "--xla_gpu_enable_latency_hiding_scheduler=true" in record["env"]["XLA_FLAGS"]
     assert record["cwd"] == str(REPO)
+
+
+def test_cache_runs_on_every_worker_with_its_share(cloud):
+    """`cache` runs `t5lite cache ARGS --shard=auto` on every worker, detached, logged."""
+    args = ["c4_json_span_corruption", "--output", "gs://b/cache", "--gin.C4_JSON_FILES='a b'"]
+    result = cloud.run("cache", *LOCATION, "--", *args)
+    assert result.returncode == 0, result.stderr
+    argv_file = cloud.home / "t5lite_argv.json"
+    assert _wait_for(argv_file.exists)
+    assert json.loads(argv_file.read_text(encoding="utf-8")) == ["cache", *args, "--shard=auto"]
+    [call] = cloud.calls()
+    assert call[:4] == ["compute", "tpus", "tpu-vm", "ssh"] and "--worker=all" in call
+    logs = sorted((cloud.home / "t5lite" / "logs").glob("cache-*.log"))
+    assert len(logs) == 1
+    (cloud.home / "release").touch()
+    result = cloud.run("cache", *LOCATION)
+    assert result.returncode == 2 and "cache needs the t5lite cache arguments" in result.stderr
+
+
+def test_shard_auto_finds_the_host(monkeypatch):
+    from t5lite import partitioning  # pylint: disable=g-import-not-at-top
+    for var in ("T5LITE_PROCESS_ID", "T5LITE_NUM_PROCESSES", "SLURM_PROCID", "SLURM_NTASKS",
+                "TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TPU_WORKER_ID", "2")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "h0,h1,h2,h3")
+    assert partitioning.host_and_count() == (2, 4)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "3")
+    assert partitioning.host_and_count() == (1, 3)

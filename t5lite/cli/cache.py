@@ -16,9 +16,13 @@ from t5lite.cli import common
 
 
 def _shard(text: str) -> tuple[int, int]:
+  if text == "auto":
+    from t5lite import partitioning  # pylint: disable=g-import-not-at-top
+    return partitioning.host_and_count()
   m = re.fullmatch(r"(\d+)/(\d+)", text)
   if not m or not int(m.group(1)) < int(m.group(2)):
-    raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/N with 0 <= I < N (e.g. 0/4) "
+                                     "or auto")
   return int(m.group(1)), int(m.group(2))
 
 
@@ -34,7 +38,8 @@ def main(argv: list[str]) -> int:
                       help="split to cache (repeatable); default: train and validation if present")
   parser.add_argument("--workers", type=int, default=1, help="worker processes (one input file each)")
   parser.add_argument("--shard", type=_shard, default=(0, 1),
-                      help="I/N: build input files k with k %% N == I (one host of N)")
+                      help="I/N: build input files k with k %% N == I (one host of N); auto: this "
+                           "host's number and count (TPU VM, SLURM, T5LITE_PROCESS_ID)")
   parser.add_argument("--block_tokens", type=int, default=cache_lib.DEFAULT_BLOCK_TOKENS,
                       help="token ids per ArrayRecord record")
   common.add_gin_flags(parser)
