@@ -87,7 +87,8 @@ class Config:
 
 
 def flops_per_example(config: Config, inputs_length: int, targets_length: int) -> float:
-  """Training FLOPs per example (3 x forward) as in REFERENCE.md; 2 FLOPs per multiply-add."""
+  """Training FLOPs per example (3 x forward; 2 FLOPs per multiply-add), counted as t5x counts an
+  encoder-decoder: dense layers, attention and the LM head, no 6N(Li+Lt) shortcut."""
   d, inner, d_ff, V = config.emb_dim, config.inner_dim, config.mlp_dim, config.vocab_size
   li, lt = inputs_length, targets_length
   n_ff = 3 if config.gated else 2
