@@ -8,6 +8,7 @@ import gin
 import jax.numpy as jnp
 
 FAMILIES = ("t5", "bart")
+ATTENTION_KERNELS = ("xla", "cudnn", "pallas_tpu")
 
 
 @gin.configurable
@@ -44,6 +45,9 @@ class Config:
   pad_token_id: int = 0
   eos_token_id: int = 1
   remat: bool = False  # rematerialise each layer (saves activation memory)
+  # Attention: "xla" (einsum + softmax), or a fused kernel: "cudnn" (CUDA GPUs),
+  # "pallas_tpu" (TPUs; Pallas interpret mode on CPU). See t5lite/attention.py.
+  attention_kernel: str = "xla"
   scan_layers: bool = False  # reserved; a clear error if set (see network.py)
 
   def __post_init__(self):
@@ -56,6 +60,9 @@ class Config:
       value = getattr(self, name)
       if value not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"Config.{name}={value!r}; expected 'float32', 'bfloat16' or 'float16'")
+    if self.attention_kernel not in ATTENTION_KERNELS:
+      raise ValueError(f"Config.attention_kernel={self.attention_kernel!r}; expected one of "
+                       f"{ATTENTION_KERNELS}")
     if self.scan_layers:
       raise NotImplementedError("Config.scan_layers=True is not implemented; layers are unrolled")
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
