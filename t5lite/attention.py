@@ -5,8 +5,8 @@ The fused kernels take what the dense mask is made of instead (a SegmentMask: va
 segment ids, causality), so that no [B, H, Q, K] array of logits is kept for the backward:
 - 'cudnn': jax.nn.dot_product_attention(implementation="cudnn") on a CUDA GPU.
 - 'pallas_tpu': the Pallas TPU flash attention kernel, in a shard_map over the mesh (batch over
-  'data', heads over 'model', as partitioning.RULES say); on CPU it runs in Pallas' TPU interpret
-  mode, which is how the tests check it.
+  'data', heads over 'model', as partitioning.RULES say); on CPU it runs in Pallas interpret mode
+  (the kernel body as XLA ops over its grid), which is how the tests check it.
 Neither applies attention dropout (layers.Attention raises if asked to), and cached decoding
 (one query per step) always takes the XLA path.
 
@@ -169,8 +169,7 @@ def pallas_tpu_attention(q_BQHD: Array, k_BKHD: Array, v_BKHD: Array,
   """Pallas TPU flash attention in a shard_map over the active mesh.
 
   Mosaic kernels cannot be partitioned automatically, so each device runs the kernel on its
-  own batch rows and heads; the bias is broadcast to the kernel's full [B, H, Q, K] per shard
-  (its gradient is summed back over the batch, and over 'data' by shard_map).
+  own batch rows and heads (the bias's gradient is summed over 'data' by shard_map).
   """
   where = platform()
   if where not in ("tpu", "cpu"):
@@ -208,26 +207,35 @@ def _pad_axis(x: Array, axis: int, length: int, value=0) -> Array:
 
 def _flash_local(q_BQHD, k_BKHD, v_BKHD, bias_1HQK, q_seg_BQ, kv_seg_BK, *, causal: bool,
                  interpret: bool) -> Array:
-  """One device's flash attention: to the kernel's [B, H, L, D] layout, lengths padded to
-  whole blocks (padded rows and columns get the pad segment ids), and back."""
-  B, Q, H, _ = q_BQHD.shape
-  K = k_BKHD.shape[1]
+  """One device's flash attention, one example per kernel call.
+
+  To the kernel's [B, H, L, D] layout, lengths padded to whole blocks (padded rows and columns
+  get the pad segment ids), and back. One example a call (lax.map over the batch): the kernel
+  wants a bias of the batch's size, which for one example is the shared [1, H, Q, K] bias
+  itself, so neither the bias nor its gradient is ever materialised per example; the kernel's
+  softmax statistics (kept lane-broadcast, [B, H, Q, 128] float32 each) shrink the same way.
+  """
+  Q, K = q_BQHD.shape[1], k_BKHD.shape[1]
   Qp, Kp = _round_up(Q), _round_up(K)
   q_BHQD = _pad_axis(q_BQHD.transpose(0, 2, 1, 3), 2, Qp)
   k_BHKD = _pad_axis(k_BKHD.transpose(0, 2, 1, 3), 2, Kp)
   v_BHKD = _pad_axis(v_BKHD.transpose(0, 2, 1, 3), 2, Kp)
-  ab_BHQK = None
   if bias_1HQK is not None:
     bias_1HQK = _pad_axis(_pad_axis(bias_1HQK, 2, Qp), 3, Kp)
-    ab_BHQK = jnp.broadcast_to(bias_1HQK, (B, H, Qp, Kp))
   q_seg_BQ = _pad_axis(q_seg_BQ, 1, Qp, PAD_Q_SEGMENT)
   kv_seg_BK = _pad_axis(kv_seg_BK, 1, Kp, PAD_KV_SEGMENT)
   flash = _flash_interpreted if interpret else _flash
-  out_BHQD = flash(q_BHQD, k_BHKD, v_BHKD, ab_BHQK, q_seg_BQ, kv_seg_BK, causal)
+
+  def one_example(xs):
+    q_HQD, k_HKD, v_HKD, q_seg_Q, kv_seg_K = xs
+    return flash(q_HQD[None], k_HKD[None], v_HKD[None], bias_1HQK, q_seg_Q[None],
+                 kv_seg_K[None], causal)[0]
+  out_BHQD = jax.lax.map(one_example, (q_BHQD, k_BHKD, v_BHKD, q_seg_BQ, kv_seg_BK))
   return out_BHQD[:, :, :Q].transpose(0, 2, 1, 3)
 
 
 def _flash(q_BHQD, k_BHKD, v_BHKD, ab_BHQK, q_seg_BQ, kv_seg_BK, causal):
+  # Pallas is imported when used: it adds ~0.1 s to importing t5lite.
   from jax.experimental.pallas.ops.tpu import flash_attention as fa  # pylint: disable=import-outside-toplevel
   return fa.flash_attention(q_BHQD, k_BHKD, v_BHKD, ab_BHQK, fa.SegmentIds(q_seg_BQ, kv_seg_BK),
                             causal=causal, sm_scale=1.0)
@@ -235,7 +243,10 @@ def _flash(q_BHQD, k_BHKD, v_BHKD, ab_BHQK, q_seg_BQ, kv_seg_BK, causal):
 
 @contextlib.contextmanager
 def _interpret_mode():
-  """Pallas TPU interpret mode (TPU memory and semantics simulated on CPU) for the trace."""
+  """Pallas TPU kernels traced here run as pallas_call(interpret=True) would: the kernel body
+  as XLA ops, looped over its grid. (force_tpu_interpret_mode takes pallas_call's `interpret`
+  value. Its TPU simulator, InterpretParams(), syncs all devices with a threading.Barrier,
+  which hangs on 8 emulated CPU devices, and is far slower on one.)"""
   from jax.experimental.pallas import tpu as pltpu  # pylint: disable=import-outside-toplevel
   with pltpu.force_tpu_interpret_mode(True):
     yield
@@ -261,8 +272,7 @@ def _flash_interpreted_bwd(causal, res, g_BHQD):
   vjp, q_seg_BQ, kv_seg_BK = res
   with _interpret_mode():
     grads = vjp(g_BHQD)
-  zeros = lambda s: jnp.zeros(s.shape, jax.dtypes.float0)
-  return (*grads, zeros(q_seg_BQ), zeros(kv_seg_BK))
+  return (*grads, None, None)  # integer segment ids have no cotangent
 
 
 _flash_interpreted.defvjp(_flash_interpreted_fwd, _flash_interpreted_bwd)
