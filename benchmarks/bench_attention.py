@@ -137,7 +137,8 @@ def main(argv=None) -> int:
     print(f"# {args.topology} ({devices[0].device_kind}), mesh {dict(mesh.shape)}, batch "
           f"{args.batch}, heads {args.heads}, head_dim {args.head_dim}, {args.dtype}; "
           f"jax {jax.__version__}; {datetime.date.today()}")
-    print("| case | Q x K | kernel | temp MiB/chip | args MiB/chip | out MiB/chip | Mosaic calls | compile s |")
+    print("| case | Q x K | kernel | temp MiB/chip | args MiB/chip | out MiB/chip | Mosaic calls "
+          "| compile s |")
     print("|---|---|---|---|---|---|---|---|")
   for kind, q, k in cases:
     for kernel in KERNELS:

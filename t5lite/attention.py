@@ -142,7 +142,8 @@ def cudnn_attention(q_BQHD: Array, k_BKHD: Array, v_BKHD: Array, bias_1HQK: Opti
   """
   where = platform()
   if where != "gpu":
-    raise ValueError(f"Config.attention_kernel='cudnn' needs a CUDA GPU; this run's devices are {where}")
+    raise ValueError(
+        f"Config.attention_kernel='cudnn' needs a CUDA GPU; this run's devices are {where}")
   if q_BQHD.dtype not in (jnp.bfloat16, jnp.float16):
     raise ValueError(f"Config.attention_kernel='cudnn' needs bfloat16 or float16 activations "
                      f"(Config.dtype); got {q_BQHD.dtype}")
@@ -169,7 +170,7 @@ def pallas_tpu_attention(q_BQHD: Array, k_BKHD: Array, v_BKHD: Array,
   """Pallas TPU flash attention in a shard_map over the active mesh.
 
   Mosaic kernels cannot be partitioned automatically, so each device runs the kernel on its
-  own batch rows and heads (the bias's gradient is summed over 'data' by shard_map).
+  own batch rows and heads.
   """
   where = platform()
   if where not in ("tpu", "cpu"):
@@ -188,9 +189,11 @@ def pallas_tpu_attention(q_BQHD: Array, k_BKHD: Array, v_BKHD: Array,
   qkv_spec = P(batch, None, heads, None)
   bias_spec = None if bias_1HQK is None else P(None, heads, None, None)
   seg_spec = P(batch, None)
-  return jax.shard_map(local, mesh=mesh,
-                       in_specs=(qkv_spec, qkv_spec, qkv_spec, bias_spec, seg_spec, seg_spec),
-                       out_specs=qkv_spec, check_vma=False)(q_BQHD, k_BKHD, v_BKHD, bias_1HQK, q_seg_BQ, kv_seg_BK)
+  # check_vma=False: pallas_call's outputs carry no varying-mesh-axes annotation. The bias's
+  # cotangent is still summed over the axes the bias is replicated on ('data').
+  sharded = jax.shard_map(local, mesh=mesh, out_specs=qkv_spec, check_vma=False,
+                          in_specs=(qkv_spec, qkv_spec, qkv_spec, bias_spec, seg_spec, seg_spec))
+  return sharded(q_BQHD, k_BKHD, v_BKHD, bias_1HQK, q_seg_BQ, kv_seg_BK)
 
 
 def _round_up(n: int) -> int:
@@ -236,7 +239,7 @@ def _flash_local(q_BQHD, k_BKHD, v_BKHD, bias_1HQK, q_seg_BQ, kv_seg_BK, *, caus
 
 def _flash(q_BHQD, k_BHKD, v_BHKD, ab_BHQK, q_seg_BQ, kv_seg_BK, causal):
   # Pallas is imported when used: it adds ~0.1 s to importing t5lite.
-  from jax.experimental.pallas.ops.tpu import flash_attention as fa  # pylint: disable=import-outside-toplevel
+  from jax.experimental.pallas.ops.tpu import flash_attention as fa  # pylint: disable=C0415
   return fa.flash_attention(q_BHQD, k_BHKD, v_BHKD, ab_BHQK, fa.SegmentIds(q_seg_BQ, kv_seg_BK),
                             causal=causal, sm_scale=1.0)
 
@@ -247,7 +250,7 @@ def _interpret_mode():
   as XLA ops, looped over its grid. (force_tpu_interpret_mode takes pallas_call's `interpret`
   value. Its TPU simulator, InterpretParams(), syncs all devices with a threading.Barrier,
   which hangs on 8 emulated CPU devices, and is far slower on one.)"""
-  from jax.experimental.pallas import tpu as pltpu  # pylint: disable=import-outside-toplevel
+  from jax.experimental.pallas import tpu as pltpu  # pylint: disable=C0415
   with pltpu.force_tpu_interpret_mode(True):
     yield
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5lite.attention import SegmentMask, dot_product_attention
-from t5lite.attention import attention_mask  # noqa: F401  (moved to attention.py; still importable here)
+from t5lite.attention import attention_mask  # noqa: F401  (lives in attention.py now)
 from t5lite.config import Config
 from t5lite.ops import add_bias, einsum, matmul, project, softmax
 
@@ -177,7 +177,7 @@ class Attention(nn.Module):
       elif decode:
         k_BKHK, v_BKHK = self._update_cache(k_BKHK, v_BKHK)
 
-    if isinstance(mask_B1QK, SegmentMask) and not decode:  # a fused kernel (Config.attention_kernel)
+    if isinstance(mask_B1QK, SegmentMask) and not decode:  # Config.attention_kernel's kernel
       if cfg.dropout_rate > 0 and not deterministic:
         raise NotImplementedError(
             f"Config.attention_kernel={cfg.attention_kernel!r} has no attention dropout; train "

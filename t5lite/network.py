@@ -139,8 +139,8 @@ class Decoder(nn.Module):
       if decode:  # the first decode=True call only creates the cache, sized by this input
         self.variable("cache", "step_index", jnp.zeros, (), jnp.int32)
         self.variable("cache", "positions", jnp.arange, T)
-      self_mask = make_mask(cfg.attention_kernel, valid_BT, valid_BT, segment_ids_BT, segment_ids_BT,
-                            causal=True)
+      self_mask = make_mask(cfg.attention_kernel, valid_BT, valid_BT, segment_ids_BT,
+                            segment_ids_BT, causal=True)
       if cfg.family == "t5":
         pos_T = jnp.arange(T)
         bias = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")(pos_T, pos_T)

@@ -106,6 +106,47 @@ def test_pallas_tpu_bfloat16_close_to_xla():
                                atol=5e-2, rtol=5e-2)
 
 
+@pytest.mark.parametrize("case", ["encoder_bidirectional_bias_padding",
+                                  "decoder_causal_packed_bias", "cross_no_bias"])
+def test_cudnn_arguments(case, monkeypatch):
+  """No GPU here, so cuDNN itself cannot run (nor even trace: jax checks for cuDNN first). What
+  t5lite decides is checked instead: the arguments it hands jax.nn.dot_product_attention
+  (bf16 [1, H, Q, K] bias, sequence lengths for padding, a dense mask only for packing,
+  is_causal), evaluated by the same API's XLA implementation, equal XLA attention."""
+  real = jax.nn.dot_product_attention
+  seen = []
+
+  def redirect(q, k, v, bias=None, mask=None, *, implementation=None, **kw):
+    if implementation == "cudnn":
+      seen.append(dict(bias=None if bias is None else (bias.shape, bias.dtype),
+                       mask=None if mask is None else mask.shape, **{
+                           n: kw.get(n) is not None for n in ("query_seq_lengths",
+                                                             "key_value_seq_lengths")},
+                       causal=kw["is_causal"], scale=kw["scale"]))
+      implementation = "xla"
+    return real(q, k, v, bias, mask, implementation=implementation, **kw)
+  monkeypatch.setattr(jax.nn, "dot_product_attention", redirect)
+  monkeypatch.setattr(attention, "platform", lambda: "gpu")
+  q_len, k_len, with_bias, causal, packed = CASES[case]
+  args, mask, w = _inputs(q_len, k_len, with_bias, causal, packed)
+  args = tuple(None if x is None else x.astype(jnp.bfloat16) for x in args)
+  mesh = _mesh((4, 2))
+  ref_loss, ref_grads, ref_out = _run("xla", args, mask, w, mesh)
+  loss, grads, out = _run("cudnn", args, mask, w, mesh)
+  valid = np.asarray(mask.q_valid_BQ)
+  np.testing.assert_allclose(np.asarray(out, np.float32)[valid],
+                             np.asarray(ref_out, np.float32)[valid], atol=2e-2, rtol=2e-2)
+  np.testing.assert_allclose(loss, ref_loss, rtol=2e-2, atol=0.5)
+  for g, ref in zip(grads, ref_grads):
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(ref, np.float32),
+                               atol=5e-2, rtol=5e-2)
+  call = seen[0]
+  assert call["bias"] == (((1, H, q_len, k_len), jnp.bfloat16) if with_bias else None)
+  assert call["mask"] == ((B, 1, q_len, k_len) if packed else None)
+  assert call["query_seq_lengths"] == call["key_value_seq_lengths"] == (not packed)
+  assert call["causal"] == causal and call["scale"] == 1.0
+
+
 TINY = Config(vocab_size=256, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
               num_encoder_layers=2, num_decoder_layers=2, dtype="float32")
 TB, LI, LT = 8, 24, 14
@@ -165,7 +206,8 @@ def test_cached_decoding_with_pallas_tpu_keeps_xla():
 
 
 def test_errors():
-  with pytest.raises(ValueError, match=r"attention_kernel='flash'; expected one of \('xla', 'cudnn', 'pallas_tpu'\)"):
+  allowed = r"expected one of \('xla', 'cudnn', 'pallas_tpu'\)"
+  with pytest.raises(ValueError, match=r"Config.attention_kernel='flash'; " + allowed):
     Config(attention_kernel="flash")
   args, mask, _ = _inputs(*CASES["encoder_bidirectional_bias_padding"])
   with pytest.raises(ValueError, match="attention kernel 'splash'; expected one of"):
