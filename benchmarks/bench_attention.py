@@ -15,6 +15,8 @@ batches (the valid lengths are inputs, so nothing is specialised to them):
 - encoder / decoder / cross: one layers.Attention (projections included; 'xla' is t5lite's own
   path) as T5 1.1 uses it: bidirectional with the relative bias; causal, packed, with the bias;
   cross without a bias. Gradients wrt the parameters, the inputs and the bias.
+- model: the whole T5 1.1 base train step (train.train_step, Adafactor, a packed batch;
+  Q:K are the inputs:targets lengths, --heads/--head_dim are ignored). Slow to compile.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
 import argparse  # pylint: disable=wrong-import-position
 import datetime  # pylint: disable=wrong-import-position
+import functools  # pylint: disable=wrong-import-position
 import json  # pylint: disable=wrong-import-position
 import time  # pylint: disable=wrong-import-position
 
@@ -35,11 +38,15 @@ import numpy as np  # pylint: disable=wrong-import-position
 from jax.experimental import topologies  # pylint: disable=wrong-import-position
 from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=wrong-import-position
 
-from t5lite import attention, layers, partitioning  # pylint: disable=wrong-import-position
+from t5lite import attention, layers, optim, partitioning, train  # pylint: disable=C0413
 from t5lite.config import Config  # pylint: disable=wrong-import-position
+from t5lite.network import EncoderDecoder  # pylint: disable=wrong-import-position
 
 KERNELS = ("xla", "pallas_tpu")
-KINDS = ("isolated", "isolated_nobias", "encoder", "decoder", "cross")
+KINDS = ("isolated", "isolated_nobias", "encoder", "decoder", "cross", "model")
+# T5 1.1 base (gin_configs/models/t5_1_1/base.gin), for the `model` case.
+T5_1_1_BASE = dict(vocab_size=32128, emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048,
+                   num_encoder_layers=12, num_decoder_layers=12)
 
 
 def _sds(shape, dtype, mesh, spec=P()):
@@ -93,16 +100,47 @@ def layer(kind: str, kernel: str, mesh, B: int, H: int, D: int, Q: int, K: int, 
   return jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), args
 
 
+def train_step(kernel: str, mesh, B: int, I: int, T: int):
+  """The whole T5 1.1 base train step (Adafactor, packed batch) as train.py jits it."""
+  cfg = Config(**T5_1_1_BASE, attention_kernel=kernel)
+  model = EncoderDecoder(cfg)
+  tx = optim.make_optimizer("adafactor", schedule=optim.learning_rate_schedule("constant"))
+  key = jax.eval_shape(jax.random.key, 0)
+  boxed = jax.eval_shape(lambda k: model.init(k, jnp.ones((B, I), jnp.int32),
+                                              jnp.ones((B, T), jnp.int32))["params"], key)
+  param_shardings = partitioning.logical_shardings(boxed, mesh)
+  params = partitioning.raw_values(boxed)
+  opt = jax.eval_shape(tx.init, params)
+  shardings = train.TrainState(
+      step=partitioning.replicated(mesh), params=param_shardings,
+      opt_state=partitioning.match_shardings(opt, params, param_shardings, mesh))
+  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                       train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                                        opt_state=opt), shardings)
+  rows = P("data")
+  batch = {name: _sds((B, L), jnp.int32, mesh, rows) for name, L in (
+      ("encoder_input_tokens", I), ("encoder_segment_ids", I), ("decoder_input_tokens", T),
+      ("decoder_target_tokens", T), ("decoder_segment_ids", T))}
+  batch["decoder_loss_weights"] = _sds((B, T), jnp.float32, mesh, rows)
+  step = functools.partial(train.train_step, model=model, tx=tx,
+                           schedule=optim.learning_rate_schedule("constant"), z_loss=1e-4)
+  return step, (state, batch)
+
+
 def measure(kind: str, kernel: str, mesh, B: int, H: int, D: int, Q: int, K: int, dtype) -> dict:
   with partitioning.activate(mesh):
     if kind.startswith("isolated"):
       fn, args = isolated(kernel, mesh, B, H, D, Q, K, dtype, with_bias=kind == "isolated")
+    elif kind == "model":
+      fn, args = train_step(kernel, mesh, B, Q, K)
     else:
       fn, args = layer(kind, kernel, mesh, B, H, D, Q, K, dtype)
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
+  if kind == "model":
+    H, D = T5_1_1_BASE["num_heads"], T5_1_1_BASE["head_dim"]
   return dict(kind=kind, kernel=kernel, batch=B, heads=H, head_dim=D, q_len=Q, kv_len=K,
               platform=mesh.devices.flat[0].platform, devices=mesh.devices.size,
               mesh=dict(mesh.shape), temp_bytes=int(mem.temp_size_in_bytes),
