@@ -19,7 +19,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from t5lite import attention, decoding, partitioning, train
+from t5lite import attention, decoding, losses, partitioning, train
 from t5lite.config import Config
 from t5lite.network import EncoderDecoder
 
@@ -173,15 +173,13 @@ def test_t5_train_step_pallas_tpu_equals_xla():
   through the model's XLA attention and through pallas_tpu."""
   mesh = _mesh((4, 2))
   with partitioning.activate(mesh):
-    state, _, _ = train.create_train_state(
-        TINY, optax.sgd(0.1), mesh,
-        {"encoder_input_tokens": (TB, LI), "decoder_input_tokens": (TB, LT)}, seed=0)
+    state, _, _ = train.create_train_state(TINY, optax.sgd(0.1), mesh, seed=0)
     batch = partitioning.host_to_global(_packed_batch(), mesh)
     out = {}
     for kernel in ("xla", "pallas_tpu"):
       model = EncoderDecoder(TINY.replace(attention_kernel=kernel))
       grad_fn = jax.jit(jax.value_and_grad(
-          functools.partial(train.loss_fn, model=model, z_loss=1e-4), has_aux=True))
+          functools.partial(losses.batch_loss, model=model, z_loss=1e-4), has_aux=True))
       (loss, _), grads = grad_fn(state.params, batch)
       out[kernel] = float(loss), jax.device_get(grads)
   (loss, grads), (ref_loss, ref_grads) = out["pallas_tpu"], out["xla"]
