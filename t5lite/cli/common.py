@@ -57,7 +57,7 @@ def register_configurables() -> None:
   """Imports every module that declares a gin configurable (before any gin parse)."""
   # pylint: disable=g-import-not-at-top,unused-import
   from t5lite import checkpoints, config, lock, optim, partitioning, train
-  from t5lite.data import finetune, sources, tasks
+  from t5lite.data import finetune, sources, streams, tasks
 
 
 def parse_gin(args: argparse.Namespace) -> None:
