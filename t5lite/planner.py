@@ -237,6 +237,16 @@ class Plan:
       head += f": {self.compiler_error}"
     return f"{head}; try {', '.join(self.advice())}"
 
+  @property
+  def flops_note(self) -> Optional[str]:
+    """XLA's cost analysis counts a loop's body once, whatever its trip count."""
+    loops = [what for what, on in (("the microbatch loop", self.microbatches > 1),
+                                   ("the scanned layers", getattr(self.config, "scan_layers",
+                                                                  False))) if on]
+    if not loops:
+      return None
+    return f"XLA counts the body of {' and '.join(loops)} once: its FLOPs are an undercount"
+
   def to_json(self) -> dict[str, Any]:
     xla_total = None if self.xla_flops is None else self.xla_flops * self.devices
     return {
@@ -258,7 +268,7 @@ class Plan:
                   "formula_per_device": self.formula_flops / self.devices,
                   "formula_total": self.formula_flops,
                   "xla_over_formula": None if xla_total is None
-                  else xla_total / self.formula_flops},
+                  else xla_total / self.formula_flops, "note": self.flops_note},
         "collectives": self.collectives, "compiler_error": self.compiler_error,
         "message": None if self.fits else self.shortfall_line(),
     }

@@ -156,3 +156,31 @@ def test_batch_shapes_are_the_pipelines():
   batch = next(pipeline.get_dataset("demo_span_corruption", lengths, 4).as_numpy_iterator())
   expected = pipeline.batch_shapes(lengths, 4)
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
+
+
+def _plan(**changes) -> planner.Plan:
+  fields = dict(topology="v5e:2x2", device_kind="TPU v5 lite", devices=4, cores_per_device=1,
+                mesh={"data": 4, "model": 1}, config=tiny_config(), batch_size=128,
+                task_feature_lengths={"inputs": 512, "targets": 114}, microbatches=1, fsdp=False,
+                parameters=1, capacity_bytes=16 * GiB, capacity_source="", parameter_bytes=0,
+                optimizer_bytes=0, batch_bytes=0, trace_seconds=0.0, compile_seconds=0.0,
+                formula_flops=1.0, required_bytes=20 * GiB)
+  fields.update(changes)
+  return planner.Plan(**fields)
+
+
+def test_advice_leaves_out_knobs_already_used():
+  everything = _plan().shortfall_line()
+  assert "short by 4.00 GiB" in everything
+  for knob in ("remat", "train.fsdp=True", "train.microbatches=2", 'mesh_shape="(-1, 2)"'):
+    assert knob in everything
+  used = _plan(fsdp=True, microbatches=128, mesh={"data": 1, "model": 4},
+               config=tiny_config().replace(remat=True)).shortfall_line()
+  for knob in ("remat", "fsdp", "microbatches", "mesh_shape"):
+    assert knob not in used, used
+  assert "a larger topology" in used
+
+
+def test_flops_note_when_xla_sees_a_loop():
+  assert _plan().flops_note is None
+  assert "microbatch loop" in _plan(microbatches=2).flops_note

@@ -90,6 +90,8 @@ def report(p) -> str:
         f"FLOPs/step    XLA {_flops(f['xla_per_device'])} per device, "
         f"{_flops(f['xla_total'])} total; formula {_flops(f['formula_per_device'])} per device, "
         f"{_flops(f['formula_total'])} total (XLA / formula {f['xla_over_formula']:.3f})")
+    if f["note"]:
+      lines.append(f"              {f['note']}")
     lines.append("collectives   " + ", ".join(f"{k} {v}" for k, v in p.collectives.items()))
   return "\n".join(lines)
 
