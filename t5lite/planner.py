@@ -81,8 +81,8 @@ def target(name: str) -> Target:
   if not shape:
     raise ValueError(_bad_topology(name, "no shape after the chip name"))
   if importlib.util.find_spec("libtpu") is None:
-    raise RuntimeError("--topology %s needs the TPU compiler (libtpu), which is not installed; "
-                       "pip install -e '.[plan]' installs the version matching jax" % name)
+    raise RuntimeError(f"--topology {name} needs the TPU compiler (libtpu), which is not "
+                       "installed; pip install -e '.[plan]' installs the version matching jax")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   options = {"chip_config_name": "megacore"} if kind in _MEGACORE else {}
   try:
@@ -106,7 +106,8 @@ def _cpu_target(name: str, count: str) -> Target:
   if not count.isdigit() or int(count) < 1:
     raise ValueError(_bad_topology(name, "cpu:N needs a positive device count"))
   n = int(count)
-  partitioning.emulate_cpu_devices(n)  # before jax's CPU client starts; else use what exists
+  if not jax._src.xla_bridge.backends_are_initialized():  # pylint: disable=protected-access
+    partitioning.emulate_cpu_devices(n)  # else the first n of the devices jax has
   devices = jax.devices("cpu")
   if len(devices) < n:
     raise ValueError(f"--topology {name}: jax already started with {len(devices)} CPU devices; "
