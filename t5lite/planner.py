@@ -282,6 +282,9 @@ def plan(where: Target, *, config: Config, task_feature_lengths: Mapping[str, in
   make_mesh.mesh_shape. A program the compiler refuses for lack of memory is a Plan with
   fits=False, not an error. keep_text: also keep the jaxpr and the StableHLO (the compiled HLO is
   always kept)."""
+  hosts = len({d.process_index for d in where.devices})
+  if batch_size % hosts:  # train() on that pod would refuse it (each host reads batch / hosts)
+    raise ValueError(f"batch_size={batch_size} must divide by the {hosts} hosts of {where.name}")
   mesh = partitioning.make_mesh(devices=where.devices)
   t0 = time.perf_counter()
   with partitioning.activate(mesh, fsdp):
