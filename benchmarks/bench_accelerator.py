@@ -26,8 +26,8 @@ t5lite: train.train_program (the step train() runs: explicit shardings, donated 
 (EncDecFeatureConverter(pack=True) features: 1-4 examples per row, segment ids and positions,
 decoder inputs shifted within each example, some padding at the end of rows), one per step.
 
-PyTorch (with torch on CUDA, one GPU; --torch-device cpu only checks the code path): T5ForConditionalGeneration from
-t5lite.hf.hf_config_from(config) (lm_head untied as T5 1.1's) starting from t5lite's initial
+PyTorch (with torch on CUDA, one GPU; --torch-device cpu only checks the code path):
+T5ForConditionalGeneration from t5lite.hf.hf_config_from(config) (lm_head untied as T5 1.1's) starting from t5lite's initial
 weights (seed 0, copied with t5lite.hf.params_to_hf), float32 parameters, the forward
 under torch.autocast(bfloat16), transformers' Adafactor (lr 0.01, parameter scaling,
 update clipping 1.0, decay -0.8: T5's) or torch AdamW, on the same batches: input_ids, an
@@ -285,8 +285,9 @@ def main():
       label = "t5lite (JAX)" if fw == "t5lite" else "HF transformers (PyTorch, autocast)"
       print(f"# {name} {fw}: step times {', '.join(f'{t:.3f}' for t in r['times'])} s; "
             f"losses {', '.join(f'{x:.3f}' for x in r['losses'])}", flush=True)
+      tokens_per_s = args.batch * (args.inputs + args.targets) / s
       rows.append(f"| T5 1.1 {name} | {r['params'] / 1e6:.1f}M | {label} | {r['device']} | "
-                  f"{s:.3f} | {args.batch / s:.1f} | {args.batch * (args.inputs + args.targets) / s:.0f} | "
+                  f"{s:.3f} | {args.batch / s:.1f} | {tokens_per_s:.0f} | "
                   f"{per_device / 1e12:.1f} | {mfu} | {mem} | {r['compile_s']:.1f} | "
                   f"{r['losses'][-1]:.3f} |")
   print(header)

@@ -74,8 +74,11 @@ def report(p) -> str:
   if p.temp_bytes is not None:
     lines.append(
         f"              arguments {_bytes(p.argument_bytes)} + outputs {_bytes(p.output_bytes)} "
-        f"- aliased {_bytes(p.alias_bytes)} + temporaries {_bytes(p.temp_bytes)} + code "
-        f"{_bytes(p.code_bytes)} = {_bytes(p.total_bytes)}")
+        f"- aliased {_bytes(p.alias_bytes)} + temporaries {_bytes(p.temp_bytes)} = "
+        f"{_bytes(p.sum_bytes)}; code {_bytes(p.code_bytes)}")
+    if p.peak_bytes:
+      judged = "the verdict's figure" if p.total_bytes == p.peak_bytes else "not counted here"
+      lines.append(f"              XLA's peak {_bytes(p.peak_bytes)} ({judged})")
   else:
     lines.append(f"              the compiler refused: {p.compiler_error}")
   lines.append(f"capacity      {_bytes(p.capacity_bytes)} per device: {p.capacity_source}")
