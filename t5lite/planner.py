@@ -11,9 +11,9 @@ make_mesh.mesh_shape. XLA then reports per-device memory (memory_analysis), FLOP
 Fits or not: on TPU, XLA's own verdict. compile() refuses a program whose peak exceeds the HBM
 (RESOURCE_EXHAUSTED, caught: a Plan that does not fit), and the peak it compares is
 memory_analysis' peak_memory_in_bytes, liveness-aware: below the plain sum of arguments, outputs
-and temporaries when donated buffers are reused (T5 1.1 large with 4 microbatches on v5e:2x2
-compiles with a sum above the HBM), above it when buffers filed under no heading are live. On CPU
-the sum is used (XLA:CPU's peak leaves its temporaries out).
+and temporaries when donated buffers are reused (a program whose sum exceeds the HBM may compile
+and fit), above it when buffers filed under no heading are live. On CPU the sum is used (XLA:CPU's
+peak leaves its temporaries out).
 
 HBM per device is the compiler's own limit, the number its RESOURCE_EXHAUSTED errors name: a
 probe program far too large for any chip is compiled and the limit read from the refusal
