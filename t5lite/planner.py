@@ -230,12 +230,8 @@ class Plan:
   def advice(self) -> list[str]:
     """The knobs that lower per-device memory and are not already at their limit."""
     knobs = []
-    policy = getattr(self.config, "remat_policy", None)
-    if policy is not None:
-      if policy != "full":
-        knobs.append("rematerialisation (--gin.Config.remat_policy=\"'full'\")")
-    elif not getattr(self.config, "remat", False):
-      knobs.append("rematerialisation (--gin.Config.remat=True)")
+    if self.config.remat_policy != "full":  # minimal / save_attn_mlp_outputs keep more
+      knobs.append("rematerialisation (--gin.Config.remat_policy=\"'full'\", or 'minimal')")
     if not self.fsdp and self.mesh["data"] > 1:
       knobs.append("FSDP (--gin.train.fsdp=True)")
     per_data = self.batch_size // self.mesh["data"]

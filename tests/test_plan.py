@@ -178,7 +178,7 @@ def test_advice_leaves_out_knobs_already_used():
   for knob in ("remat", "train.fsdp=True", "train.microbatches=2", 'mesh_shape="(-1, 2)"'):
     assert knob in everything
   used = _plan(fsdp=True, microbatches=128, mesh={"data": 1, "model": 4},
-               config=tiny_config().replace(remat=True)).shortfall_line()
+               config=tiny_config().replace(remat_policy='full')).shortfall_line()
   for knob in ("remat", "fsdp", "microbatches", "mesh_shape"):
     assert knob not in used, used
   assert "a larger topology" in used
