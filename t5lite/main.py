@@ -47,7 +47,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run() -> None:
   """Console-script entry point."""
-  run_with_args(None)
+  try:
+    run_with_args(None)
+  except SystemExit as e:
+    if e.code in (None, 0):
+      raise
+    # A failed run leaves the exception's frames (and a live tf.data iterator) for interpreter
+    # shutdown, which can deadlock in TensorFlow's finalizers: the message is out, so leave now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(e.code if isinstance(e.code, int) else 1)
 
 
 def run_with_args(argv: Optional[Sequence[str]]) -> None:
