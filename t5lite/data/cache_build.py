@@ -234,7 +234,7 @@ def build_split(task: seqio.Task, split: str, output: str, workers: int = 1,
       dtype=jobs[0].dtype,
       files=tuple(cache_lib.FileEntry(**done[i]["entry"]) for i in range(len(files))))
   if metadata.tokens == 0:
-    raise ValueError(f"no usable examples in {task.name!r} split {split!r}: files {files} "
+    raise ValueError(f"{task.name!r}: its {split} split yields no examples: files {files} "
                      f"(errors: {metadata.bad_files or 'none; no text records'})")
   cache_lib.write_json(meta_path, metadata.as_json())
   echo(f"t5lite cache: wrote {meta_path}: {metadata.tokens} tokens, "
