@@ -15,12 +15,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Test-only peers: HF transformers on the local CPU build of torch (pinned: a range would pull a
-# multi-GB CUDA build), and the original `t5` package (no deps) for span-corruption comparisons.
+# multi-GB CUDA build), the original `t5` package (no deps) for span-corruption comparisons, and
+# (extra `plan`) libtpu's compiler for `t5lite plan`'s tests.
 setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[cpu,hf,metrics,dev]'
+	$(PIP) install -q -e '.[cpu,hf,metrics,dev,plan]'
 	$(PIP) install -q --no-deps t5==0.9.4 babel
 	touch $@
 

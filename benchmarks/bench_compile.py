@@ -21,7 +21,7 @@ import os
 import platform
 import time
 
-MODELS = {  # T5 1.1 (REFERENCE.md): d_model, heads, d_ff, layers per stack
+MODELS = {  # T5 1.1 (t5x examples/t5/t5_1_1): d_model, heads, d_ff, layers per stack
     "small": dict(emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024, num_encoder_layers=8,
                   num_decoder_layers=8),
     "base": dict(emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048, num_encoder_layers=12,

@@ -22,7 +22,7 @@ from t5lite import decoding
 from t5lite.config import Config
 from t5lite.network import EncoderDecoder
 
-MODELS = {  # REFERENCE.md: T5 1.1 tiny (ours) and small
+MODELS = {  # T5 1.1 tiny (ours) and small (t5x examples/t5/t5_1_1)
     "tiny": Config(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256, num_encoder_layers=2,
                    num_decoder_layers=2, dtype="float32"),
     "small": Config(emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024, num_encoder_layers=8,

@@ -4,7 +4,7 @@
                                    [--frameworks t5lite,t5lite-bf16,torch,torch-bf16]
                                    [--torch-init t5lite|hf] [--same-process]
 
-Models: "tiny" = REFERENCE.md's HF figure's tiny (d 256, 4 x 64 heads, gated d_ff 1024, 4+4
+Models: "tiny" = the HF comparison's tiny (d 256, 4 x 64 heads, gated d_ff 1024, 4+4
 layers); "test" = gin_configs/models/t5_1_1/tiny.gin (d 128, 4 x 32, d_ff 256, 2+2); "small" =
 T5 1.1 small (d 512, 6 x 64, d_ff 1024, 8+8). Vocab 32128 for all.
 

@@ -13,6 +13,7 @@ FAMILIES = ("t5", "bart")
 # without batch dims (jax's dots_with_no_batch_dims_saveable); save_attn_mlp_outputs = also the
 # attention and MLP blocks' outputs (named with jax.ad_checkpoint.checkpoint_name).
 REMAT_POLICIES = ("none", "full", "minimal", "save_attn_mlp_outputs")
+ATTENTION_KERNELS = ("xla", "cudnn", "pallas_tpu")
 
 
 @gin.configurable
@@ -50,6 +51,9 @@ class Config:
   eos_token_id: int = 1
   remat_policy: str = "none"  # one of REMAT_POLICIES: activation memory vs recomputation
   scan_layers: bool = False  # each stack as one nn.scan over stacked parameters (see network.py)
+  # Attention: "xla" (einsum + softmax), or a fused kernel: "cudnn" (CUDA GPUs),
+  # "pallas_tpu" (TPUs; Pallas interpret mode on CPU). See t5lite/attention.py.
+  attention_kernel: str = "xla"
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -64,6 +68,9 @@ class Config:
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(
           f"Config.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+    if self.attention_kernel not in ATTENTION_KERNELS:
+      raise ValueError(f"Config.attention_kernel={self.attention_kernel!r}; expected one of "
+                       f"{ATTENTION_KERNELS}")
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
 
   @property
@@ -87,7 +94,8 @@ class Config:
 
 
 def flops_per_example(config: Config, inputs_length: int, targets_length: int) -> float:
-  """Training FLOPs per example (3 x forward) as in REFERENCE.md; 2 FLOPs per multiply-add."""
+  """Training FLOPs per example (3 x forward; 2 FLOPs per multiply-add), counted as t5x counts an
+  encoder-decoder: dense layers, attention and the LM head, no 6N(Li+Lt) shortcut."""
   d, inner, d_ff, V = config.emb_dim, config.inner_dim, config.mlp_dim, config.vocab_size
   li, lt = inputs_length, targets_length
   n_ff = 3 if config.gated else 2

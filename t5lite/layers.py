@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5lite.attention import SegmentMask, dot_product_attention
+from t5lite.attention import attention_mask  # noqa: F401  (lives in attention.py now)
 from t5lite.config import Config
 from t5lite.ops import add_bias, einsum, matmul, project, softmax
 
@@ -127,12 +129,14 @@ class RelativePositionBias(nn.Module):
 
 class Attention(nn.Module):
   """Multi-head attention. With `decode=True`, self-attention appends this step's key/value to a
-  cache; cross-attention (`cross=True`) caches the encoder's keys/values on the first call."""
+  cache; cross-attention (`cross=True`) caches the encoder's keys/values on the first call.
+  The mask is a boolean [B, 1, Q, K] array (XLA's einsum/softmax path) or, for a fused kernel
+  (Config.attention_kernel), an attention.SegmentMask."""
   config: Config
   cross: bool = False
 
   @nn.compact
-  def __call__(self, x_BQD: Array, kv_BKD: Array, mask_B1QK: Optional[Array],
+  def __call__(self, x_BQD: Array, kv_BKD: Array, mask_B1QK: Optional[Array | SegmentMask],
                bias_1HQK: Optional[Array] = None, deterministic: bool = True,
                decode: bool = False) -> Array:
     cfg = self.config
@@ -173,18 +177,28 @@ class Attention(nn.Module):
       elif decode:
         k_BKHK, v_BKHK = self._update_cache(k_BKHK, v_BKHK)
 
-    logits_BHQK = einsum("bqhk,bthk->bhqt", q_BQHK, k_BKHK)
-    if bias_1HQK is not None:
-      logits_BHQK = add_bias(logits_BHQK, bias_1HQK.astype(jnp.float32))
-    if mask_B1QK is not None:
-      # An additive mask (0 or float32 min): min + logit rounds to min, so the softmax is the
-      # same as jnp.where(mask, logits, min)'s, and its backward needs no select over [B,H,Q,K].
-      mask_bias_B1QK = jnp.where(mask_B1QK, jnp.zeros((), jnp.float32), jnp.finfo(jnp.float32).min)
-      logits_BHQK = logits_BHQK + mask_bias_B1QK
-    weights_BHQK = softmax(logits_BHQK).astype(dt)
-    if cfg.dropout_rate > 0 and not deterministic:
-      weights_BHQK = nn.Dropout(cfg.dropout_rate)(weights_BHQK, deterministic=False)
-    out_BQHK = einsum("bhqt,bthk->bqhk", weights_BHQK, v_BKHK).astype(dt)
+    if isinstance(mask_B1QK, SegmentMask) and not decode:  # Config.attention_kernel's kernel
+      if cfg.dropout_rate > 0 and not deterministic:
+        raise NotImplementedError(
+            f"Config.attention_kernel={cfg.attention_kernel!r} has no attention dropout; train "
+            "with Config.dropout_rate=0 or attention_kernel='xla'")
+      out_BQHK = dot_product_attention(q_BQHK, k_BKHK, v_BKHK, bias_1HQK, mask_B1QK,
+                                       cfg.attention_kernel).astype(dt)
+    else:
+      if isinstance(mask_B1QK, SegmentMask):  # cached decoding (one query a step) stays on XLA
+        mask_B1QK = mask_B1QK.dense()
+      logits_BHQK = einsum("bqhk,bthk->bhqt", q_BQHK, k_BKHK)
+      if bias_1HQK is not None:
+        logits_BHQK = add_bias(logits_BHQK, bias_1HQK.astype(jnp.float32))
+      if mask_B1QK is not None:
+        # An additive mask (0 or float32 min): min + logit rounds to min, so the softmax is the
+        # same as jnp.where(mask, logits, min)'s, and its backward needs no select over [B,H,Q,K].
+        mask_bias_B1QK = jnp.where(mask_B1QK, jnp.zeros((), jnp.float32), jnp.finfo(jnp.float32).min)
+        logits_BHQK = logits_BHQK + mask_bias_B1QK
+      weights_BHQK = softmax(logits_BHQK).astype(dt)
+      if cfg.dropout_rate > 0 and not deterministic:
+        weights_BHQK = nn.Dropout(cfg.dropout_rate)(weights_BHQK, deterministic=False)
+      out_BQHK = einsum("bhqt,bthk->bqhk", weights_BHQK, v_BKHK).astype(dt)
     out_BQF = out_BQHK.reshape(out_BQHK.shape[:2] + (H * K,))
     y_BQD = matmul(out_BQF, w_o.astype(dt).reshape((H * K, D)))
     if bart:
@@ -258,18 +272,3 @@ class Embed(nn.Module):
     """Tied logits [..., V], float32 (operands in x's dtype, float32 accumulation)."""
     return matmul(x_BLD, self.embedding.astype(x_BLD.dtype).T, float32_result=True)
 
-
-def attention_mask(q_valid_BQ: Array, k_valid_BK: Array, q_seg_BQ: Optional[Array] = None,
-                   k_seg_BK: Optional[Array] = None, causal: bool = False,
-                   q_pos_BQ: Optional[Array] = None, k_pos_BK: Optional[Array] = None) -> Array:
-  """Boolean [B, 1, Q, K]: both positions valid, same packed segment, and (causal) key <= query."""
-  mask = q_valid_BQ[:, :, None] & k_valid_BK[:, None, :]
-  if q_seg_BQ is not None and k_seg_BK is not None:
-    mask = mask & (q_seg_BQ[:, :, None] == k_seg_BK[:, None, :])
-  if causal:
-    if q_pos_BQ is None:
-      q_pos_BQ = jnp.broadcast_to(jnp.arange(q_valid_BQ.shape[1]), q_valid_BQ.shape)
-    if k_pos_BK is None:
-      k_pos_BK = jnp.broadcast_to(jnp.arange(k_valid_BK.shape[1]), k_valid_BK.shape)
-    mask = mask & (k_pos_BK[:, None, :] <= q_pos_BQ[:, :, None])
-  return mask[:, None]

@@ -1,17 +1,18 @@
 """The `t5lite` command: dispatch to t5lite/cli/<command>.py, and bad input as one line (exit 2)."""
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import sys
 from typing import Optional, Sequence
 
 from t5lite import errors
+from t5lite.cli import common
 
 # command -> (module in t5lite.cli, function, help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("train", "main", "pretrain / fine-tune / continue a run (gin-configured)"),
+    "plan": ("plan", "main", "compile train's step for a TPU topology: memory, fit, FLOPs"),
     "inspect": ("inspect", "main", "print examples and statistics of a task or mixture"),
     "eval": ("eval", "main", "loss, accuracy and task metrics of checkpoints"),
     "score": ("use", "score_main", "log-likelihood of targets given inputs (JSON lines)"),
@@ -40,33 +41,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           file=sys.stderr)
     return 2
   module, function, _ = COMMANDS[command]
-  with _native_stderr_silenced():
+  with common.native_stderr_silenced():
     import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   return getattr(importlib.import_module(f"t5lite.cli.{module}"), function)(rest)
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-  """TensorFlow's native libraries print start-up lines (oneDNN, CUDA drivers) straight to file
-  descriptor 2 while loading, before any log level applies: point it at /dev/null meanwhile.
-  Python exceptions still surface (they print after). T5LITE_VERBOSE=1 keeps the lines."""
-  if os.environ.get("T5LITE_VERBOSE"):
-    yield
-    return
-  sys.stderr.flush()
-  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  try:
-    yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(devnull)
-
-
 def run() -> None:
   """Console-script entry point."""
-  run_with_args(None)
+  try:
+    run_with_args(None)
+  except SystemExit as e:
+    if e.code in (None, 0):
+      raise
+    # A failed run leaves the exception's frames (and a live tf.data iterator) for interpreter
+    # shutdown, which can deadlock in TensorFlow's finalizers: the message is out, so leave now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(e.code if isinstance(e.code, int) else 1)
 
 
 def run_with_args(argv: Optional[Sequence[str]]) -> None:

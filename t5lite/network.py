@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from t5lite.attention import make_mask
 from t5lite.config import Config
 from t5lite.layers import (BATCH, EMBED, LENGTH, VOCAB, Attention, Embed, Mlp, Norm,
-                           RelativePositionBias, attention_mask, constrain, declare, kernel_init)
+                           RelativePositionBias, constrain, declare, kernel_init)
 from t5lite.ops import matmul
 
 Array = jax.Array
@@ -136,7 +137,7 @@ class Encoder(nn.Module):
                deterministic=True):
     cfg = self.config
     x_BID = self.embedder(tokens_BI)
-    mask = attention_mask(valid_BI, valid_BI, segment_ids_BI, segment_ids_BI)
+    mask = make_mask(cfg.attention_kernel, valid_BI, valid_BI, segment_ids_BI, segment_ids_BI)
     bias = None
     if cfg.family == "bart":
       x_BID = _embed_positions(cfg, x_BID, positions_BI, name="pos_embedder", module=self)
@@ -190,11 +191,13 @@ class Decoder(nn.Module):
       if decode:  # the first decode=True call only creates the cache, sized by this input
         self.variable("cache", "step_index", jnp.zeros, (), jnp.int32)
         self.variable("cache", "positions", jnp.arange, T)
-      self_mask = attention_mask(valid_BT, valid_BT, segment_ids_BT, segment_ids_BT, causal=True)
+      self_mask = make_mask(cfg.attention_kernel, valid_BT, valid_BT, segment_ids_BT,
+                            segment_ids_BT, causal=True)
       if cfg.family == "t5":
         pos_T = jnp.arange(T)
         bias = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")(pos_T, pos_T)
-    cross_mask = attention_mask(valid_BT, encoder_valid_BI, segment_ids_BT, encoder_segment_ids_BI)
+    cross_mask = make_mask(cfg.attention_kernel, valid_BT, encoder_valid_BI, segment_ids_BT,
+                           encoder_segment_ids_BI)
     if cfg.family == "bart":
       y_BTD = _embed_positions(cfg, y_BTD, positions_BT, name="pos_embedder", module=self,
                                start=pos_start)

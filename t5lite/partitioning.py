@@ -76,7 +76,9 @@ def make_mesh(mesh_shape: Sequence[int] = (-1, 1), devices: Optional[Sequence[An
                      f"{len(devices)} are available ({devices[0].platform})")
   # Auto axes: shardings are pjit-style hints that XLA propagates (as in t5x), not types.
   auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-  if devices == list(jax.devices()):
+  # jax.make_mesh orders TPU devices by their physical links; plan's compile-only topology
+  # devices take the same path as the real pod's jax.devices() would.
+  if devices == list(jax.devices()) or devices[0].platform == "tpu":
     return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices, axis_types=auto)
   return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 

@@ -1,7 +1,9 @@
 """train(): one plain, gin-configurable function; train_step(): pure and module-level."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -115,6 +117,11 @@ def create_train_state(config: Config, tx, mesh, seed: int, fsdp: bool = False):
   ever built whole on one device. Returns (state, state_shardings, model)."""
   model = EncoderDecoder(config)
   _, shardings = state_shardings(config, tx, mesh, fsdp)
+  return init_state(model, tx, shardings, seed), shardings, model
+
+
+def init_state(model: EncoderDecoder, tx, shardings: TrainState, seed: int) -> TrainState:
+  """A fresh TrainState, each leaf created directly with its sharding."""
   dummy = jnp.ones((1, 1), jnp.int32)  # parameter shapes do not depend on the input's
 
   def init(rng):
@@ -122,8 +129,7 @@ def create_train_state(config: Config, tx, mesh, seed: int, fsdp: bool = False):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       guard=new_guard())
 
-  state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
-  return state, shardings, model
+  return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
 
 
 def abstract_state(state: TrainState, shardings: TrainState):
@@ -139,6 +145,46 @@ def jit_train_step(model: EncoderDecoder, tx, schedule, shardings: TrainState, m
                         microbatches=microbatches, dropout_seed=dropout_seed),
       in_shardings=(shardings, partitioning.batch_sharding(mesh)), out_shardings=(shardings, None),
       donate_argnums=(0,))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+  """What train() compiles and runs: model, optimizer, schedule, the state's shardings, the jitted
+  step, and the step's arguments as ShapeDtypeStructs with their shardings (nothing allocated)."""
+  model: EncoderDecoder
+  tx: optax.GradientTransformation
+  schedule: Callable
+  shardings: TrainState
+  abstract_state: TrainState
+  abstract_batch: dict[str, jax.ShapeDtypeStruct]
+  step_fn: Callable
+
+  def lower(self):
+    """The step lowered for the mesh's devices from abstract arguments (`.compile()` next)."""
+    return self.step_fn.lower(self.abstract_state, self.abstract_batch)
+
+
+def train_program(config: Config, mesh, task_feature_lengths: Mapping[str, int], batch_size: int,
+                  *, z_loss: float = 1e-4, microbatches: int = 1, fsdp: bool = False,
+                  seed: int = 0) -> TrainProgram:
+  """train()'s step for these arguments, shared by train() and `t5lite plan` (which compiles it
+  for a TPU topology without running it). Call inside partitioning.activate(mesh, fsdp); the
+  optimizer and schedule come from gin (optim.make_optimizer, optim.learning_rate_schedule)."""
+  n_data = mesh.shape["data"]
+  if batch_size % (n_data * microbatches):
+    raise ValueError(f"BATCH_SIZE {batch_size} does not fit the devices: it must divide by the "
+                     f"mesh's 'data' size {n_data} x microbatches {microbatches}")
+  from t5lite.data import pipeline  # pylint: disable=g-import-not-at-top
+  schedule = optim.learning_rate_schedule()
+  tx = optim.make_optimizer(schedule=schedule)
+  model = EncoderDecoder(config)
+  abstract, shardings = state_shardings(config, tx, mesh, fsdp)
+  batch_shard = partitioning.batch_sharding(mesh)
+  batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_shard) for name, (shape, dtype)
+           in pipeline.batch_shapes(task_feature_lengths, batch_size).items()}
+  step_fn = jit_train_step(model, tx, schedule, shardings, mesh, z_loss=z_loss,
+                           microbatches=microbatches, dropout_seed=seed)
+  return TrainProgram(model, tx, schedule, shardings, abstract, batch, step_fn)
 
 
 class DivergedError(RuntimeError):
@@ -187,10 +233,8 @@ def train(model_dir: str = gin.REQUIRED,
                      f"Config.vocab_size is {config.vocab_size}; bind Config.vocab_size >= "
                      f"{vocab.vocab_size}")
   mesh = mesh or partitioning.make_mesh()
-  n_data = mesh.shape["data"]
-  if batch_size % (n_data * microbatches) or batch_size % jax.process_count():
-    raise ValueError(f"BATCH_SIZE {batch_size} does not fit the devices: it must divide by the "
-                     f"mesh's 'data' size {n_data} x microbatches {microbatches} and by "
+  if batch_size % jax.process_count():
+    raise ValueError(f"BATCH_SIZE {batch_size} does not fit the devices: it must divide by "
                      f"{jax.process_count()} processes")
   is_chief = jax.process_index() == 0
   run_dir = runs.RunDir(model_dir)
@@ -225,9 +269,10 @@ def _train(run_dir, train_steps, name, lengths, batch_size, config, z_loss, micr
            mesh, task, vocab, streams) -> TrainState:
   """train()'s loop, inside the mesh and the run lock."""
   is_chief = jax.process_index() == 0
-  schedule = optim.learning_rate_schedule()
-  tx = optim.make_optimizer(schedule=schedule)
-  state, shardings, model = create_train_state(config, tx, mesh, seed, fsdp)
+  program = train_program(config, mesh, lengths, batch_size, z_loss=z_loss,
+                          microbatches=microbatches, fsdp=fsdp, seed=seed)
+  model, tx, shardings, step_fn = program.model, program.tx, program.shardings, program.step_fn
+  state = init_state(model, tx, shardings, seed)
   ckpt = checkpoints.Checkpointer(run_dir.checkpoints)
   start, data_state = ckpt.latest_step(), None
   if start is not None:  # (1) resume
@@ -253,8 +298,6 @@ def _train(run_dir, train_steps, name, lengths, batch_size, config, z_loss, micr
     multihost_utils.sync_global_devices("t5lite: data cache ready")
   data = streams.TrainStream(name, lengths, batch_size, seed, start, data_state,
                              jax.process_index(), jax.process_count())
-  step_fn = jit_train_step(model, tx, schedule, shardings, mesh, z_loss=z_loss,
-                           microbatches=microbatches, dropout_seed=seed)
   eval_fn = jax.jit(functools.partial(losses.eval_sums, model=model, z_loss=z_loss),
                     in_shardings=(shardings.params, partitioning.batch_sharding(mesh)))
   flops = flops_per_example(config, lengths["inputs"], lengths["targets"])
@@ -345,6 +388,13 @@ def lock_run(run_dir: runs.RunDir):
   if error is not None:
     raise error
   return held
+
+
+def bound_arguments() -> dict[str, Any]:
+  """train()'s arguments as gin would pass them now (its bindings over its defaults), for
+  commands that build train()'s step without running train() (`t5lite plan`)."""
+  defaults = {name: p.default for name, p in inspect.signature(train).parameters.items()}
+  return {**defaults, **gin.get_bindings("train")}
 
 
 REQUIRED_MACROS = {"model_dir": "MODEL_DIR", "train_steps": "TRAIN_STEPS",

@@ -51,3 +51,13 @@ def gpt2_bpe_dir() -> pathlib.Path:
     """GPT-2 byte-level BPE: encoder.json + vocab.bpe."""
     _shared("gpt2_bpe/vocab.bpe")
     return _shared("gpt2_bpe/encoder.json").parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_gin_bindings_across_modules():
+  """In-process commands leave gin bindings (e.g. demo.gin's grad_clip) behind: no test module
+  sees another's."""
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  yield
+  gin.clear_config()

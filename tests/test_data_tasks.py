@@ -153,3 +153,50 @@ def test_vocab_cli(c4_allenai_shard, tmp_path):
   with pytest.raises(SystemExit) as e:
     main.run_with_args(["vocab", "--input", str(tmp_path / "none*.json"), "--output", str(out)])
   assert e.value.code == 2
+
+
+@pytest.mark.parametrize("run_config", [[], ["runs/pretrain.gin"], ["runs/demo.gin"]])
+def test_source_macros_reach_every_task_family(run_config, c4_sample, t5_vocab_path, tmp_path):
+  """--gin.VOCABULARY_PATH / --gin.C4_JSON_FILES / GPT2_BPE_DIR, as `train` and `inspect` parse
+  them (sources.gin first, then the files, then the flags), reach span corruption, BART and UL2
+  tasks, with or without a run config."""
+  from t5lite.cli import common  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  parser = common.argparse.ArgumentParser()
+  common.add_gin_flags(parser)
+  argv = [f"--gin_file={f}" for f in run_config] + [
+      f"--gin.VOCABULARY_PATH='{t5_vocab_path}'", f"--gin.C4_JSON_FILES='{c4_sample}'",
+      f"--gin.GPT2_BPE_DIR='{tmp_path}'"]
+  try:
+    common.parse_gin(common.parse_args(parser, argv))
+    tasks.register_all()
+    for name in ("c4_json_span_corruption", "c4_json_prefix_lm", "c4_json_ul2_s_rate25",
+                 "c4_span_corruption"):
+      vocab_ = tasks.get_task_or_mixture(name).output_features["targets"].vocabulary
+      assert vocab_.sentencepiece_model_file == str(t5_vocab_path), name
+    for name in ("c4_json_span_corruption", "c4_json_bart_denoising", "c4_json_ul2_r_mean3_rate15"):
+      assert tasks.get_task_or_mixture(name).source.list_shards("train") == [str(c4_sample)]
+    bart = tasks.get_task_or_mixture("c4_json_bart_denoising").output_features["targets"]
+    assert str(bart.vocabulary._bpe_dir) == str(tmp_path)  # pylint: disable=protected-access
+  finally:
+    gin.clear_config()
+    tasks.register_all()
+
+
+def test_source_macros_reach_eval_on_a_run_folder(c4_sample, t5_vocab_path, tmp_path):
+  """`eval` / `score` parse the run folder's gin, then the flags: the flags win."""
+  from t5lite import runs  # pylint: disable=g-import-not-at-top
+  from t5lite.cli import common  # pylint: disable=g-import-not-at-top
+  (tmp_path / "config.gin").write_text("VOCABULARY_PATH = '/old/spm.model'\n"
+                                       "train.mixture_or_task_name = 'c4_json_span_corruption'\n")
+  try:
+    common.parse_run_gin(runs.RunDir(tmp_path), bindings=[
+        f"VOCABULARY_PATH = '{t5_vocab_path}'", f"C4_JSON_FILES = '{c4_sample}'"])
+    tasks.register_all()
+    task = tasks.get_task_or_mixture(runs.task_name())
+    assert task.output_features["targets"].vocabulary.sentencepiece_model_file == str(
+        t5_vocab_path)
+    assert task.source.list_shards("train") == [str(c4_sample)]
+  finally:
+    gin.clear_config()
+    tasks.register_all()

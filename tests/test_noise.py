@@ -144,7 +144,7 @@ def test_span_mask_counts_equal_tf():
       assert ours.sum() == theirs.sum(), (d, m, n)
       assert len(_runs(ours)) == len(_runs(theirs)), (d, m, n)
       if n >= 2:
-        # REFERENCE.md's definition, in TF's float32 products and round-half-to-even
+        # the t5 package's definition, in TF's float32 products and round-half-to-even
         num_noise = min(max(int(np.round(np.float32(n) * np.float32(d))), 1), n - 1)
         assert ours.sum() == num_noise, (d, m, n)
         assert not ours[0] and ours[-1]

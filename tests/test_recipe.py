@@ -1,4 +1,4 @@
-"""T5's recipe pieces against REFERENCE.md: FLOPs, schedules, Adafactor settings, z-loss."""
+"""T5's recipe pieces (T5 paper, t5x): FLOPs, schedules, Adafactor settings, z-loss."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -334,7 +334,7 @@ def test_restore_into_the_other_layout(runs, step, saved):
   as_saved, _ = ckpt.restore(step, layout.to_layout(target, saved))
   ckpt.close()
   params = checkpoints.restore_params(switched, target.params, step)
-  assert int(state.step) == step and data["batches"] == step
+  assert int(state.step) == step and data["next_batch"] == step  # the data position
   assert layout.layout_of(state) == other == layout.layout_of(params)
   assert max_diff(state, layout.to_layout(as_saved, other)) == 0.0
   assert max_diff(params, state.params) == 0.0

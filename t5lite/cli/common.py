@@ -1,8 +1,11 @@
 """What every command shares: gin flags (`--gin_file`, `--gin.NAME=VALUE`), run-folder flags,
-starting the devices (emulated CPU devices, jax.distributed)."""
+starting the devices (emulated CPU devices, jax.distributed), quiet native libraries."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 from typing import Sequence
 
 import gin
@@ -57,7 +60,7 @@ def register_configurables() -> None:
   """Imports every module that declares a gin configurable (before any gin parse)."""
   # pylint: disable=g-import-not-at-top,unused-import
   from t5lite import checkpoints, config, doremi_run, lock, optim, partitioning, train
-  from t5lite.data import finetune, sources, tasks
+  from t5lite.data import finetune, sources, streams, tasks
 
 
 def parse_gin(args: argparse.Namespace) -> None:
@@ -109,3 +112,23 @@ def parse_run_gin(run_dir, extra_files: Sequence[str] = (), bindings: Sequence[s
   register_configurables()
   gin.clear_config()
   gin_files.parse(run_dir.gin_files() + list(extra_files), bindings, paths, skip_unknown=True)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+  """Native libraries print start-up lines straight to file descriptor 2 while loading, before
+  any log level applies (TensorFlow: oneDNN, CUDA drivers; libtpu without a TPU VM: its missing
+  metadata): point it at /dev/null meanwhile. Python exceptions still surface (they print after).
+  T5LITE_VERBOSE=1 keeps the lines."""
+  if os.environ.get("T5LITE_VERBOSE"):
+    yield
+    return
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)

@@ -7,7 +7,7 @@ EOS to `append_eos_after_trim`. Randomness comes only from seqio's per-example s
 
 Sources: T5 objectives follow the `t5` package (`t5/data/preprocessors.py`: prefix_lm,
 iid_denoising, noise_token_to_random_token_or_sentinel, deshuffling); UL2 follows Tay et al. 2022
-("UL2: Unifying Language Learning Paradigms") as in REFERENCE.md. BART's noise is bart_noise.py.
+("UL2: Unifying Language Learning Paradigms", the mixture of denoisers of its section 3). BART's noise is bart_noise.py.
 
 Lengths (every objective, BART's included): `raw_tokens_length(...)` is how many raw tokens one
 example consumes for a given inputs length, and `required_targets_length(...)` the targets length
@@ -276,7 +276,7 @@ def deshuffling(dataset, sequence_length, output_features,
 
 
 # ---------------------------------------------------------------------------------------------
-# UL2 mixture of denoisers (REFERENCE.md)
+# UL2 mixture of denoisers (Tay et al. 2022)
 # ---------------------------------------------------------------------------------------------
 def ul2_denoiser(dataset, sequence_length, output_features, mean_noise_span_length: float,
                  noise_density: float, mode: str = UL2_R,

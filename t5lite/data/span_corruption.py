@@ -1,6 +1,6 @@
 """T5 span corruption (Raffel et al. 2019) as seqio preprocessors, written for t5lite.
 
-Matches the `t5` package's `span_corruption` definitions (see REFERENCE.md): the same lengths,
+Matches the `t5` package's `span_corruption` definitions (t5/data/preprocessors.py): the same lengths,
 the same noise-mask distribution and the same sentinel layout. Random ops are TF stateless ops
 fed by seqio's per-preprocessor seeds, so a pipeline is deterministic given seqio's seed.
 

@@ -14,11 +14,20 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Mapping, Optional
 
+import gin
 import numpy as np
 
 from t5lite.data import sources as sources_lib
 
 CACHE_STATE = "t5lite.indexed/1"
+
+
+@gin.configurable
+def loader(num_threads: int = 2, worker_processes: int = 0) -> dict:
+  """How the token cache's stream builds batches ahead of the trainer: threads in this process
+  (the numpy objectives hold Python's lock, so more than 2 rarely helps), or grain worker
+  processes (each a copy of the stream) for a host feeding many chips."""
+  return {"num_threads": num_threads, "worker_processes": worker_processes}
 
 
 def ensure_cache(name: str, sources: Optional[sources_lib.Sources] = None) -> None:
@@ -52,9 +61,9 @@ class TrainStream(Iterator[dict]):
           name, lengths, batch_size, cache_dir(self.sources), split="train",
           seed=seed, process_index=process_index, process_count=process_count)
       if data_state and data_state.get("format") == CACHE_STATE:
-        self._it = stream.iterator(state=data_state)
+        self._it = stream.iterator(state=data_state, **loader())
       else:  # a checkpoint of the tf.data path: continue at its batch index
-        self._it = stream.iterator(start_batch)
+        self._it = stream.iterator(start_batch, **loader())
       self._first = self._it.next_batch
     else:
       import seqio  # pylint: disable=g-import-not-at-top

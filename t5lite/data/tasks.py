@@ -89,7 +89,7 @@ def tokenize_in_batches(dataset: tf.data.Dataset, output_features: Mapping[str, 
 
 def preprocessors(objective: Callable, batched_tokenize: bool = True,
                   copy_pretokenized: bool = True) -> list[Callable]:
-  """REFERENCE.md's chain: rekey text->targets, tokenize, the objective, append_eos_after_trim."""
+  """The `t5` package's chain (task c4_v220_span_corruption): rekey text->targets, tokenize, the objective, append_eos_after_trim."""
   tokenize = (functools.partial(tokenize_in_batches, copy_pretokenized=copy_pretokenized)
               if batched_tokenize else seqio.preprocessors.tokenize)
   return [
