@@ -38,4 +38,4 @@ bench: setup-test
 	$(VENV)/bin/python benchmarks/bench_decode.py
 
 clean:
-	rm -rf runs/demo
+	rm -rf runs/demo runs/doremi_demo

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "vocab": ("vocab", "main", "train a SentencePiece vocabulary with T5's conventions"),
     "cache": ("cache", "main", "tokenize a task's source once into a token cache (ArrayRecord)"),
     "select": ("select", "main", "DSIR: select raw documents that look like a target domain"),
+    "doremi": ("doremi", "main", "DoReMi: domain weights of a mixture (reference + DRO proxy)"),
 }
 
 

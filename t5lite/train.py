@@ -65,24 +65,32 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Enco
     (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), (jnp.arange(microbatches), split))
   denom = jnp.maximum(sums["weight_sum"], 1.0)
   grads = jax.tree.map(lambda g: g / denom, grads)
+  new_state, grad_norm = apply_update(state, grads, sums["loss"], tx)
+  metrics = {"loss": sums["loss"] / denom, "z_loss": sums["z_loss"] / denom,
+             "accuracy": sums["accuracy"] / denom, "target_tokens": sums["weight_sum"],
+             "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+             "skipped_steps": new_state.guard["skipped"], "guard": new_state.guard}
+  return new_state, metrics
+
+
+def apply_update(state: TrainState, grads, loss: jax.Array, tx: optax.GradientTransformation):
+  """(state one step on, with the optimizer's update of `grads`; the gradient norm).
+
+  The non-finite guard: a step whose loss, gradient norm or new parameters are not finite is
+  not applied (parameters and optimizer state stay), and is counted; no host sync. Other fields
+  of a TrainState subclass are left to the caller."""
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  # The non-finite guard: a step whose loss, gradient norm or new parameters are not finite is
-  # not applied (parameters and optimizer state stay), and is counted; no host sync.
-  ok = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm) & _all_finite(params)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
   g = state.guard
   guard = {"skipped": g["skipped"] + (~ok).astype(jnp.int32),
            "consecutive": jnp.where(ok, 0, g["consecutive"] + 1),
            "first_bad": jnp.where(ok, -1, jnp.where(g["consecutive"] == 0, state.step + 1,
                                                     g["first_bad"]))}
-  metrics = {"loss": sums["loss"] / denom, "z_loss": sums["z_loss"] / denom,
-             "accuracy": sums["accuracy"] / denom, "target_tokens": sums["weight_sum"],
-             "grad_norm": grad_norm, "learning_rate": schedule(state.step),
-             "skipped_steps": guard["skipped"], "guard": guard}
-  return TrainState(step=state.step + 1, params=keep(params, state.params),
-                    opt_state=keep(opt_state, state.opt_state), guard=guard), metrics
+  return state.replace(step=state.step + 1, params=keep(params, state.params),
+                       opt_state=keep(opt_state, state.opt_state), guard=guard), grad_norm
 
 
 def state_shardings(config: Config, tx, mesh, fsdp: bool = False) -> tuple[TrainState, TrainState]:
@@ -230,7 +238,7 @@ def train(model_dir: str = gin.REQUIRED,
                      f"{jax.process_count()} processes")
   is_chief = jax.process_index() == 0
   run_dir = runs.RunDir(model_dir)
-  run_lock = _lock_run(run_dir)
+  run_lock = lock_run(run_dir)
   try:
     with partitioning.activate(mesh, fsdp):
       state = _train(run_dir, train_steps, mixture_or_task_name, task_feature_lengths, batch_size,
@@ -361,7 +369,7 @@ def _values(metrics) -> dict[str, float]:
   return {k: float(v) for k, v in metrics.items() if k != "guard"}
 
 
-def _lock_run(run_dir: runs.RunDir):
+def lock_run(run_dir: runs.RunDir):
   """Process 0 takes the run folder's lock; every process stops if it could not."""
   from t5lite import lock  # pylint: disable=g-import-not-at-top
   held, error = None, None

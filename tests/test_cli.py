@@ -216,6 +216,9 @@ def test_every_command_takes_relative_paths(work):
                         "--gin.TRAIN_STEPS=2", "--gin.DATA_CACHE_DIR='../out/cache'"], here),
       "resume_relative": (["train", *TINY, "--gin.MODEL_DIR='../runs/rel'",
                            "--gin.TRAIN_STEPS=4"], here),
+      "doremi": (["doremi", "--gin_file=runs/doremi_demo.gin", "--gin.MODEL_DIR='../runs/dro'",
+                  "--gin.DATA_CACHE_DIR='../out/cache'", "--gin.TRAIN_STEPS=2",
+                  *TINY[2:7]], here),
   })
   for name, result in results.items():
     assert result.code == 0, (name, str(result))
@@ -223,4 +226,5 @@ def test_every_command_takes_relative_paths(work):
   assert (work / "runs" / "cached" / "checkpoints" / "2").is_dir()
   assert "resumed from" in results["resume_relative"].out
   assert (work / "runs" / "rel" / "checkpoints" / "4").is_dir()
+  assert "register_all.rates" in (work / "runs" / "dro" / "domain_weights.gin").read_text()
   shutil.rmtree(work / "runs" / "imported")

@@ -18,6 +18,9 @@ Packing (k > 1) fills a row greedily from its own k candidates and drops those t
 (counted), which keeps each row a pure function of its index. Rows have seqio's
 EncDecFeatureConverter(pack=True) layout. A read error (missing file, bad record) leaves that
 example out (an all-padding row when it was the only one), counted per file and logged.
+With task_ids=True each batch also has `decoder_task_ids` [rows, targets]: the index (in
+`tasks`) + 1 of the task each target token's segment came from, 0 at padding (DoReMi's
+per-domain losses read it).
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ RATE_SCALE = 1 << 20  # mixture rates become integer weights with this resolutio
 FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
             "decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
             "decoder_segment_ids", "decoder_positions")
+TASK_IDS = "decoder_task_ids"  # optional (task_ids=True): task index + 1 per target token
 
 
 class Objective(Protocol):
@@ -127,6 +131,8 @@ class IndexedStream:
   num_epochs (single tasks only) ends the stream after that many passes (the last batch is
   padded with empty rows); None repeats forever. shuffle=False reads examples in cache order.
   objective_factory / rng_fn default to t5lite.data.noise's for_task / example_rng.
+  task_ids adds the feature `decoder_task_ids` (the module docstring); off, batches keep the
+  FEATURES of seqio's feature converter.
   """
 
   def __init__(self, name: str, task_feature_lengths: Mapping[str, int], batch_size: int,
@@ -134,7 +140,7 @@ class IndexedStream:
                num_epochs: Optional[int] = None, examples_per_row: int = 1,
                process_index: int = 0, process_count: int = 1,
                objective_factory: Optional[ObjectiveFactory] = None,
-               rng_fn: Optional[RngFn] = None):
+               rng_fn: Optional[RngFn] = None, task_ids: bool = False):
     if batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} does not divide over {process_count} processes")
     if not 0 <= process_index < process_count:
@@ -147,6 +153,7 @@ class IndexedStream:
     self.batch_size, self.examples_per_row = batch_size, examples_per_row
     self.process_index, self.process_count = process_index, process_count
     self.rows = batch_size // process_count
+    self.task_ids = task_ids
     self._rng_fn = rng_fn or noise_rng
     self._warned: set[str] = set()
     self._warn_lock = threading.Lock()
@@ -216,8 +223,9 @@ class IndexedStream:
     candidates = [(first_row + i) * k + c for i in range(self.rows) for c in range(k)]
     examples, bad = self._examples(candidates)
     li, lt = self.lengths["inputs"], self.lengths["targets"]
+    names = FEATURES + (TASK_IDS,) if self.task_ids else FEATURES
     out = {name: np.zeros([self.rows, li if name.startswith("encoder") else lt], np.int32)
-           for name in FEATURES}
+           for name in names}
     dropped = packed = enc_tokens = dec_tokens = 0
     for i in range(self.rows):
       segment = used_in = used_tg = 0
@@ -225,13 +233,15 @@ class IndexedStream:
         ex = examples[i * k + c]
         if ex is None:
           continue
-        inputs, targets = ex
+        inputs, targets, t = ex
         if used_in + len(inputs) > li or used_tg + len(targets) > lt:
           dropped += 1
           continue
         segment += 1
         _put(out, "encoder", i, used_in, inputs, segment)
         _put(out, "decoder", i, used_tg, targets, segment)
+        if self.task_ids:
+          out[TASK_IDS][i, used_tg:used_tg + len(targets)] = t + 1
         used_in += len(inputs)
         used_tg += len(targets)
         packed += 1
@@ -244,7 +254,7 @@ class IndexedStream:
     return out, stats
 
   def _examples(self, candidates: Sequence[int]):
-    """[(inputs, targets) or None] per candidate, reading each file's pieces in one call."""
+    """[(inputs, targets, task) or None] per candidate, reading each file's pieces in one call."""
     located = [self.locate(e) for e in candidates]
     groups = collections.defaultdict(list)  # (task, file) -> [(position in candidates, start)]
     for n, where in enumerate(located):
@@ -271,7 +281,7 @@ class IndexedStream:
       if len(inputs) > self.lengths["inputs"] or len(targets) > self.lengths["targets"]:
         raise ValueError(f"task {self.tasks[where[0]].name!r}'s objective made inputs "
                          f"{len(inputs)} / targets {len(targets)} ids, over {self.lengths}")
-      out.append((inputs, targets))
+      out.append((inputs, targets, where[0]))
     return out, bad
 
   def _read_one(self, task: _Task, f: int, start: int, bad: dict) -> Optional[np.ndarray]:

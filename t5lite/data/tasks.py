@@ -9,8 +9,10 @@
   {p}_prefix_lm  {p}_iid_denoising  {p}_bert_denoising  {p}_deshuffling   T5 vocabulary
   {p}_ul2_r_mean3_rate15 … {p}_ul2_s_rate25 (7 tasks) and the Mixture {p}_ul2
 
-then the user's mixtures (`register_all.mixtures`, gin). BART's vocabulary is GPT-2 byte-level
-BPE for c4 / c4_json and the demo SentencePiece vocabulary (<mask> = <extra_id_0>) for demo.
+then the user's JSON text sources (`register_all.json_sources`, gin) with the same tasks, the
+user's mixtures (`register_all.mixtures`) and mixture rates (`register_all.rates`). BART's
+vocabulary is GPT-2 byte-level BPE for c4 / c4_json / json_sources and the demo SentencePiece
+vocabulary (<mask> = <extra_id_0>) for demo.
 Nothing is read at registration; vocabularies and files open on the first dataset read.
 `get_task_or_mixture` registers on first use, so library callers need not.
 
@@ -33,6 +35,7 @@ from t5lite.data import span_corruption as sc
 from t5lite.data.gpt2_vocab import GPT2BPEVocabulary
 from t5lite.data.sources import SOURCE_NAMES
 from t5lite.data.sources import Sources
+from t5lite.data.sources import json_source
 
 C4_TFDS = "c4_span_corruption"
 C4_JSON = "c4_json_span_corruption"
@@ -152,10 +155,19 @@ def register_source_tasks(prefix: str, source: seqio.DataSource,
 @gin.configurable
 def register_all(sources: Optional[Sources] = None,
                  mixtures: Mapping[str, Sequence[tuple[str, float]]] = (),
-                 ul2_s_rate: float = 0.2) -> list[str]:
+                 ul2_s_rate: float = 0.2,
+                 json_sources: Mapping[str, Any] = (),
+                 rates: Mapping[str, Mapping[str, float]] = ()) -> list[str]:
   """(Re-)registers every task with `sources` (default: the gin-bound Sources()), then the user's
   mixtures, e.g. in gin: register_all.mixtures = {'mix': [('c4_prefix_lm', 1.0), ('c4_ul2', 2.0)]}.
-  ul2_s_rate is the S-denoiser's share of each {p}_ul2 mixture. Returns the registered names."""
+  ul2_s_rate is the S-denoiser's share of each {p}_ul2 mixture. Returns the registered names.
+
+  json_sources: more text sources, {prefix: train file pattern(s), or {'train': ...,
+    'validation': ...}} of JSON-lines shards ({"text": ...}); each gets every objective's tasks
+    ({prefix}_span_corruption, ...) with the T5 vocabulary (VOCABULARY_PATH), e.g. the domains of
+    a mixture: register_all.json_sources = {'wiki': '/data/wiki/*.json.gz'}.
+  rates: {mixture: {task: rate}} re-registers each mixture with these rates, applied last (what
+    `t5lite doremi` writes into domain_weights.gin); every leaf task of the mixture is named."""
   global _registered
   sources = sources or Sources()
   names = []
@@ -163,10 +175,35 @@ def register_all(sources: Optional[Sources] = None,
     t5_vocabulary, bart_vocabulary = sources.vocabularies(prefix)
     names += register_source_tasks(prefix, sources.source(prefix), t5_vocabulary,
                                    bart_vocabulary, ul2_s_rate)
+  for prefix, patterns in dict(json_sources).items():
+    splits = dict(patterns) if isinstance(patterns, Mapping) else {"train": patterns}
+    if prefix in SOURCE_NAMES or "train" not in splits or set(splits) - {"train", "validation"}:
+      raise ValueError(f"register_all.json_sources[{prefix!r}] = {patterns!r}: expected a new "
+                       f"prefix (not one of {SOURCE_NAMES}) and a file pattern or "
+                       "{'train': pattern, 'validation': pattern}")
+    source = json_source(splits["train"], splits.get("validation"))
+    names += register_source_tasks(prefix, source, sources.t5_vocabulary(),
+                                   sources.gpt2_vocabulary(), ul2_s_rate)
   for name, tasks_and_rates in dict(mixtures).items():
     names.append(register_mixture(name, tasks_and_rates).name)
+  for name, task_rates in dict(rates).items():
+    set_rates(name, task_rates)
   _registered = True
   return names
+
+
+def set_rates(name: str, task_rates: Mapping[str, float]) -> seqio.Mixture:
+  """Re-registers mixture `name` over its leaf tasks with `task_rates` ({task: rate > 0}, every
+  leaf task named once)."""
+  if name not in seqio.MixtureRegistry.names():
+    raise ValueError(f"register_all.rates: {name!r} is not a registered mixture; mixtures: "
+                     f"{sorted(seqio.MixtureRegistry.names())}")
+  tasks = sorted(t.name for t in seqio.MixtureRegistry.get(name).tasks)
+  given = {str(k): float(v) for k, v in dict(task_rates).items()}
+  if sorted(given) != tasks or any(not r > 0 for r in given.values()):
+    raise ValueError(f"register_all.rates[{name!r}] = {given}: expected a positive rate for each "
+                     f"of its tasks {tasks}")
+  return register_mixture(name, [(task, given[task]) for task in tasks])
 
 
 def get_task_or_mixture(name: str) -> Union[seqio.Task, seqio.Mixture]:
