@@ -29,7 +29,8 @@ class LockedError(RuntimeError):
   """Another run holds the folder's lock."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+  """Whether process `pid` exists on this host."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -70,7 +71,7 @@ class RunLock:
 
   def _why_stale(self, holder: dict) -> Optional[str]:
     age = time.time() - float(holder.get("heartbeat", 0))
-    if holder.get("host") == self.info["host"] and not _pid_alive(int(holder.get("pid", -1))):
+    if holder.get("host") == self.info["host"] and not pid_alive(int(holder.get("pid", -1))):
       return f"its process {holder.get('pid')} on this host is gone"
     if age > self.stale_seconds:
       return f"its heartbeat is {age:.0f} s old (> {self.stale_seconds:.0f} s)"

@@ -31,6 +31,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5lite import lock
 from t5lite.data import cache as cache_lib
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,12 @@ def _write_blocks(job: FileJob, local_path: str, skipped: collections.Counter,
   return tokens, blocks, documents
 
 
+def _live_build(tmp_path: str) -> bool:
+  """Whether the local temporary file `...tmp-PID` belongs to a build still running here."""
+  pid = tmp_path.rsplit("-", 1)[-1]
+  return pid.isdigit() and lock.pid_alive(int(pid))
+
+
 def build_file(job: FileJob) -> dict[str, Any]:
   """Caches one input file (or records it as bad) and writes its done marker; the marker."""
   t0 = time.perf_counter()
@@ -140,7 +147,8 @@ def build_file(job: FileJob) -> dict[str, Any]:
   tmp_dir = tempfile.mkdtemp(prefix="t5lite-cache-") if remote else None
   local = (os.path.join(tmp_dir, name) if remote else f"{final}.tmp-{os.getpid()}")
   for stale in tf.io.gfile.glob(f"{final}.tmp-*"):  # left by a killed build of this file
-    tf.io.gfile.remove(stale)
+    if remote or not _live_build(stale):  # not another live build's, here
+      tf.io.gfile.remove(stale)
   skipped, failure = collections.Counter(), {}
   try:
     tokens, blocks, documents = _write_blocks(job, local, skipped, failure)
