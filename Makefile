@@ -29,7 +29,7 @@ demo: setup
 	$(VENV)/bin/t5lite train --gin_file=runs/demo.gin
 
 test: setup-test
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 bench: setup-test
 	$(VENV)/bin/python benchmarks/bench_pipeline.py --batches 12 --repeats 4
