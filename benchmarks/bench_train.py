@@ -13,7 +13,8 @@ Both frameworks train the same architecture on the same random token batches (ba
 no weight decay) and plain mean cross-entropy (z_loss 0: HF has none) from the same initial
 weights: t5lite's init, copied into the HF model with t5lite.hf.params_to_hf (--torch-init hf
 keeps HF's own init, whose lm_head std 1.0 gives logits of std ~sqrt(d) and denormal floats in
-the backward; see RESULTS_train.md). With fp32 the two frameworks' losses agree step by step.
+the backward; history: git log -p benchmarks/). With fp32 the two frameworks' losses agree step
+by step.
 
 t5lite runs its real training path: create_train_state, then train_step jitted with explicit
 shardings and a donated state on a 1-device mesh inside partitioning.activate. The HF model is
