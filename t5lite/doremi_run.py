@@ -20,14 +20,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from typing import Any, Mapping, Optional
 
 import gin
 import jax
 import numpy as np
 
-from t5lite import checkpoints, files, metrics_writer, optim, partitioning, preemption, runs, train
+from t5lite import checkpoints, files, metrics_writer, optim, partitioning, runs, train
 from t5lite import doremi as doremi_lib
 from t5lite.config import Config
 
@@ -209,44 +208,15 @@ def _proxy(proxy_dir: runs.RunDir, reference_path: str, uniform: str, proxy_step
       model, model, tx, schedule, shardings,
       jax.tree.map(lambda a: a.sharding, reference_abstract), mesh, z_loss=z_loss, eta=eta,
       smoothing=smoothing, dropout_seed=seed)
-  preempt = preemption.Preemption()
-  progress = writer.progress(start, proxy_steps)
-  pending, step, save_due, diverged = None, start, False, None
-  t_last, step_last = time.perf_counter(), start
-  try:
-    while step < proxy_steps:
-      batch = partitioning.host_to_global(next(data), mesh)
-      state, metrics = step_fn(state, reference_params, batch)
-      step += 1
-      if pending is not None:  # step n-1's results, now that step n is dispatched
-        prev_step, prev = pending
-        guard = jax.device_get(prev["guard"])
-        if int(guard["consecutive"]) >= max_skips:
-          diverged = (prev_step, guard)
-          break
-        if prev_step % log_period == 0 or prev_step == 1:
-          now = time.perf_counter()
-          rate = (prev_step - step_last) / max(now - t_last, 1e-9)
-          writer.write(prev_step, {**scalars(prev, names), "steps_per_s": rate,
-                                   "examples_per_s": rate * batch_size})
-          t_last, step_last = now, prev_step
-      pending = (step, metrics)
-      progress.update(1)
-      stop = preempt.reached(step)
-      save_due = save_due or ckpt.should_save(step)
-      if save_due or stop or step == proxy_steps:
-        if stop or step == proxy_steps or int(jax.device_get(state.guard["consecutive"])) == 0:
-          ckpt.save(step, state, data.get_state(), force=True)
-          save_due = False
-      if stop:
-        break
-    if pending is not None and diverged is None:
-      writer.write(pending[0], scalars(pending[1], names))
-  finally:
-    progress.close()
-    ckpt.close()
-    preempt.restore()
-    data.close()
+  step_with_reference = lambda state, batch: step_fn(state, reference_params, batch)  # noqa: E731
+
+  def log_values(metrics, rate: Optional[float]) -> dict[str, float]:
+    rates = {} if rate is None else {"steps_per_s": rate, "examples_per_s": rate * batch_size}
+    return {**scalars(metrics, names), **rates}
+
+  state, step, diverged = train.run_steps(step_with_reference, state, data, data.get_state, ckpt,
+                                          writer, start, proxy_steps, mesh, log_period, max_skips,
+                                          log_values)
   if diverged is not None:
     raise train.DivergedError(
         f"the DoReMi proxy diverged: {int(diverged[1]['consecutive'])} non-finite steps in a row "

@@ -301,54 +301,25 @@ def _train(run_dir, train_steps, name, lengths, batch_size, config, z_loss, micr
   eval_fn = jax.jit(functools.partial(losses.eval_sums, model=model, z_loss=z_loss),
                     in_shardings=(shardings.params, partitioning.batch_sharding(mesh)))
   flops = flops_per_example(config, lengths["inputs"], lengths["targets"])
-  preempt = preemption.Preemption()
-  pending = None  # (step, device metrics) of the step before the current one
-  t_last, step_last = time.perf_counter(), start
-  progress = writer.progress(start, train_steps)
-  step, save_due, diverged = start, False, None
-  try:
-    while step < train_steps:
-      batch = partitioning.host_to_global(next(data), mesh)
-      state, metrics = step_fn(state, batch)
-      step += 1
-      if pending is not None:  # step n-1's results, now that step n is dispatched
-        prev_step, prev_metrics = pending
-        guard = jax.device_get(prev_metrics["guard"])
-        if int(guard["consecutive"]) >= max_consecutive_skips:
-          diverged = (prev_step, guard)
-          break
-        if prev_step % log_period == 0 or prev_step == 1:
-          now = time.perf_counter()
-          values = _values(prev_metrics)
-          rate = (prev_step - step_last) / max(now - t_last, 1e-9)
-          values.update(_throughput(rate, batch_size, values["target_tokens"], flops))
-          values.update(data.counters())
-          writer.write(prev_step, values)
-          t_last, step_last = now, prev_step
-      pending = (step, metrics)
-      progress.update(1)
-      if eval_period and step % eval_period == 0:
-        values = evaluation.loss_and_accuracy(eval_fn, state.params, name, lengths, batch_size,
-                                              eval_steps, mesh)
-        values.update(evaluation.decoded_metrics(task, model, state.params, step, vocab, mesh,
-                                                 lengths, run_dir.path))
-        writer.write(step, values, prefix="eval")
-      stop = preempt.reached(step)
-      save_due = save_due or ckpt.should_save(step)
-      if save_due or stop or step == train_steps:
-        # A periodic save waits for a finite step, so that a checkpoint always follows a good one.
-        if stop or step == train_steps or int(jax.device_get(state.guard["consecutive"])) == 0:
-          ckpt.save(step, state, data.state(), force=True)
-          save_due = False
-      if stop:
-        break
-    if pending is not None and diverged is None:
-      writer.write(pending[0], _values(pending[1]))
-  finally:
-    progress.close()
-    ckpt.close()
-    preempt.restore()
-    data.close()
+
+  def log_values(metrics, rate: Optional[float]) -> dict[str, float]:
+    values = _values(metrics)
+    if rate is not None:
+      values.update(_throughput(rate, batch_size, values["target_tokens"], flops))
+      values.update(data.counters())
+    return values
+
+  def after_step(step: int, state: TrainState) -> None:
+    if eval_period and step % eval_period == 0:
+      values = evaluation.loss_and_accuracy(eval_fn, state.params, name, lengths, batch_size,
+                                            eval_steps, mesh)
+      values.update(evaluation.decoded_metrics(task, model, state.params, step, vocab, mesh,
+                                               lengths, run_dir.path))
+      writer.write(step, values, prefix="eval")
+
+  state, step, diverged = run_steps(step_fn, state, data, data.state, ckpt, writer, start,
+                                    train_steps, mesh, log_period, max_consecutive_skips,
+                                    log_values, after_step)
   if diverged is not None:
     last = ckpt.latest_step()
     good = f"{ckpt.directory}/{last}" if last is not None else "none (nothing was saved)"
@@ -362,6 +333,61 @@ def _train(run_dir, train_steps, name, lengths, batch_size, config, z_loss, micr
           "again to resume.", flush=True)
   writer.finish()
   return state
+
+
+def run_steps(step_fn: Callable, state, data, data_state: Callable, ckpt, writer, start: int,
+              total: int, mesh, log_period: int, max_skips: int, log_values: Callable,
+              after_step: Optional[Callable] = None):
+  """The step loop train() and `t5lite doremi`'s proxy share: (state, last step, diverged).
+
+  Step n's metrics are read once step n+1 is dispatched (no host sync in between); every
+  log_period steps writer gets log_values(metrics, steps/s) (rate None for the last step).
+  Checkpoints: ckpt's period (a periodic save waits for a finite step), SIGTERM / SIGINT, and the
+  last step, with data_state(). diverged = (step, guard) after max_skips non-finite steps in a
+  row, else None. data and ckpt are closed on the way out.
+  """
+  preempt = preemption.Preemption()
+  pending = None  # (step, device metrics) of the step before the current one
+  t_last, step_last = time.perf_counter(), start
+  progress = writer.progress(start, total)
+  step, save_due, diverged = start, False, None
+  try:
+    while step < total:
+      batch = partitioning.host_to_global(next(data), mesh)
+      state, metrics = step_fn(state, batch)
+      step += 1
+      if pending is not None:  # step n-1's results, now that step n is dispatched
+        prev_step, prev_metrics = pending
+        guard = jax.device_get(prev_metrics["guard"])
+        if int(guard["consecutive"]) >= max_skips:
+          diverged = (prev_step, guard)
+          break
+        if prev_step % log_period == 0 or prev_step == 1:
+          now = time.perf_counter()
+          rate = (prev_step - step_last) / max(now - t_last, 1e-9)
+          writer.write(prev_step, log_values(prev_metrics, rate))
+          t_last, step_last = now, prev_step
+      pending = (step, metrics)
+      progress.update(1)
+      if after_step is not None:
+        after_step(step, state)
+      stop = preempt.reached(step)
+      save_due = save_due or ckpt.should_save(step)
+      if save_due or stop or step == total:
+        # A periodic save waits for a finite step, so that a checkpoint always follows a good one.
+        if stop or step == total or int(jax.device_get(state.guard["consecutive"])) == 0:
+          ckpt.save(step, state, data_state(), force=True)
+          save_due = False
+      if stop:
+        break
+    if pending is not None and diverged is None:
+      writer.write(pending[0], log_values(pending[1], None))
+  finally:
+    progress.close()
+    ckpt.close()
+    preempt.restore()
+    data.close()
+  return state, step, diverged
 
 
 def _values(metrics) -> dict[str, float]:
