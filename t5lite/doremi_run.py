@@ -72,9 +72,10 @@ def doremi(model_dir: str = gin.REQUIRED,
   for proxy_steps at batch_size, with DoReMi's step size eta and smoothing c; resumed from its
   latest checkpoint. Returns None when stopped early (SIGTERM / SIGINT): run again to resume.
   """
-  _check_required(model_dir=model_dir, mixture=mixture, reference_steps=reference_steps,
-                  proxy_steps=proxy_steps, batch_size=batch_size,
-                  task_feature_lengths=task_feature_lengths)
+  train.check_required("doremi", REQUIRED_MACROS, "use --gin_file=runs/doremi.gin and set it on "
+                       "the command line", model_dir=model_dir, mixture=mixture,
+                       reference_steps=reference_steps, proxy_steps=proxy_steps,
+                       batch_size=batch_size, task_feature_lengths=task_feature_lengths)
   from t5lite.data import sources, streams, tasks  # pylint: disable=g-import-not-at-top
   cache_dir = sources.Sources().cache_dir
   if not cache_dir:
@@ -310,11 +311,3 @@ def write_weights_plot(metrics_path: str, png_path: str, result: Result) -> bool
 REQUIRED_MACROS = {"model_dir": "MODEL_DIR", "mixture": "DOREMI_MIXTURE",
                    "reference_steps": "TRAIN_STEPS", "proxy_steps": "DOREMI_PROXY_STEPS",
                    "batch_size": "DOREMI_BATCH_SIZE", "task_feature_lengths": "TASK_FEATURE_LENGTHS"}
-
-
-def _check_required(**values) -> None:
-  missing = [k for k, v in values.items() if v is gin.REQUIRED]
-  if missing:
-    names = ", ".join(f"{REQUIRED_MACROS[k]} (doremi.{k})" for k in missing)
-    raise ValueError(f"required gin setting not set: {names}; use --gin_file=runs/doremi.gin "
-                     f"and set it on the command line, e.g. --gin.{REQUIRED_MACROS[missing[0]]}=...")

@@ -220,9 +220,10 @@ def train(model_dir: str = gin.REQUIRED,
   stops (DivergedError) naming the first bad step and the last good checkpoint. Process 0 holds
   the run folder's lock (lock.py) for the whole run.
   """
-  _check_required(model_dir=model_dir, train_steps=train_steps,
-                  mixture_or_task_name=mixture_or_task_name,
-                  task_feature_lengths=task_feature_lengths, batch_size=batch_size)
+  check_required("train", REQUIRED_MACROS, "set it in a gin file or on the command line",
+                 model_dir=model_dir, train_steps=train_steps,
+                 mixture_or_task_name=mixture_or_task_name,
+                 task_feature_lengths=task_feature_lengths, batch_size=batch_size)
   from t5lite.data import streams, tasks  # pylint: disable=g-import-not-at-top
   tasks.register_all()
   task = tasks.get_task_or_mixture(mixture_or_task_name)
@@ -428,13 +429,14 @@ REQUIRED_MACROS = {"model_dir": "MODEL_DIR", "train_steps": "TRAIN_STEPS",
                    "task_feature_lengths": "TASK_FEATURE_LENGTHS", "batch_size": "BATCH_SIZE"}
 
 
-def _check_required(**values) -> None:
-  """gin passes `X = %gin.REQUIRED` macros through as a sentinel; name the ones left unset."""
+def check_required(owner: str, macros: Mapping[str, str], hint: str, **values) -> None:
+  """gin passes `X = %gin.REQUIRED` macros through as a sentinel; name the ones left unset
+  (macros: {argument: MACRO}; owner: the configurable's name)."""
   missing = [k for k, v in values.items() if v is gin.REQUIRED]
   if missing:
-    names = ", ".join(f"{REQUIRED_MACROS[k]} (train.{k})" for k in missing)
-    raise ValueError(f"required gin macro not set: {names}; set it in a gin file or on the "
-                     f"command line, e.g. --gin.{REQUIRED_MACROS[missing[0]]}=...")
+    names = ", ".join(f"{macros[k]} ({owner}.{k})" for k in missing)
+    raise ValueError(f"required gin macro not set: {names}; {hint}, e.g. "
+                     f"--gin.{macros[missing[0]]}=...")
 
 
 PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu v4": 275e12,

@@ -376,3 +376,28 @@ def test_rates_and_json_sources_refuse_what_they_cannot_use(tmp_path):
   rates = {t.name: r for t, r in tasks.leaf_tasks("mix")}  # was 0.25 / 0.75
   assert rates == pytest.approx({"demo_span_corruption": 0.6, "demo_prefix_lm": 0.4})
   tasks.register_all()
+
+
+def test_unset_required_macros_are_named():
+  gin.clear_config()
+  gin.parse_config("""
+      doremi.model_dir = %gin.REQUIRED
+      doremi.mixture = %gin.REQUIRED
+      doremi.reference_steps = 1
+      doremi.proxy_steps = 1
+      doremi.batch_size = 8
+      doremi.task_feature_lengths = {}
+      train.model_dir = '/tmp/unused'
+      train.train_steps = %gin.REQUIRED
+      train.mixture_or_task_name = 'demo_span_corruption'
+      train.task_feature_lengths = {}
+      train.batch_size = 8
+  """)
+  try:
+    with pytest.raises(ValueError, match=r"MODEL_DIR \(doremi.model_dir\), DOREMI_MIXTURE "
+                                         r"\(doremi.mixture\); use --gin_file=runs/doremi.gin"):
+      doremi_run.doremi()
+    with pytest.raises(ValueError, match=r"TRAIN_STEPS \(train.train_steps\);.*--gin.TRAIN_STEPS"):
+      train.train()
+  finally:
+    gin.clear_config()
