@@ -3,6 +3,7 @@ import gzip
 import json
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -146,10 +147,22 @@ def test_rerun_rebuilds_only_unfinished_files(shards, register, tmp_path):
   os.remove(folder / "metadata.json")
   os.remove(folder / cache_lib.done_file(2, 4))
   (folder / cache_lib.data_file(2, 4)).write_bytes(b"partial")  # as if killed mid-file
+  live = subprocess.Popen(["sleep", "300"])  # another build of the same file, still running
+  dead_tmp = f"{cache_lib.data_file(2, 4)}.tmp-{2 ** 22 + 1}"  # above any Linux pid_max (2**22)
+  live_tmp = f"{cache_lib.data_file(2, 4)}.tmp-{live.pid}"
+  (folder / dead_tmp).write_bytes(b"left by a killed build")
+  (folder / live_tmp).write_bytes(b"being written")
   kept = {i: os.stat(folder / cache_lib.data_file(i, 4)).st_mtime_ns for i in (0, 1, 3)}
   lines = []
-  (_, again), = cache_build.build(TASK, str(tmp_path), splits=["train"],
-                                  echo=lines.append).items()
+  try:
+    (_, again), = cache_build.build(TASK, str(tmp_path), splits=["train"],
+                                    echo=lines.append).items()
+  finally:
+    live.kill()
+    live.wait()
+  # The dead build's temporary file is removed; the live one's is left alone.
+  assert [p for p in os.listdir(folder) if ".tmp-" in p] == [live_tmp]
+  os.remove(folder / live_tmp)
   assert "4 input files, 1 to build here" in lines[0]
   assert again == metadata
   assert {i: os.stat(folder / cache_lib.data_file(i, 4)).st_mtime_ns for i in (0, 1, 3)} == kept
