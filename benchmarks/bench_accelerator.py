@@ -59,7 +59,7 @@ def model_config(name: str):
   """The repo's gin file for T5 1.1 `name`, bf16 activations."""
   import gin  # pylint: disable=g-import-not-at-top
   from t5lite import gin_files  # pylint: disable=g-import-not-at-top
-  from t5lite.config import Config  # pylint: disable=g-import-not-at-top
+  from t5lite.model.config import Config  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   gin.parse_config_files_and_bindings([gin_files.resolve(f"models/t5_1_1/{name}.gin")],
                                       ["Config.dtype = 'bfloat16'"])
@@ -96,7 +96,7 @@ def packed_batch(rng: np.random.Generator, batch: int, inputs: int, targets: int
 
 
 def peak_flops(device_name: str):
-  from t5lite import train  # pylint: disable=g-import-not-at-top
+  from t5lite.training import train  # pylint: disable=g-import-not-at-top
   name = device_name.lower()
   return next((peak for key, peak in train.PEAK_FLOPS.items() if key in name), None)
 
@@ -104,8 +104,9 @@ def peak_flops(device_name: str):
 def run_t5lite(args, name: str) -> dict:
   import gin  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from t5lite import optim, partitioning, train  # pylint: disable=g-import-not-at-top,unused-import
-  from t5lite.data import pipeline  # pylint: disable=g-import-not-at-top
+  from t5lite.training import optim, train  # pylint: disable=g-import-not-at-top,unused-import
+  from t5lite.runtime import partitioning  # pylint: disable=g-import-not-at-top,unused-import
+  from t5lite.data.feed import tfdata as pipeline  # pylint: disable=g-import-not-at-top
   config = model_config(name)
   mesh = partitioning.make_mesh(tuple(int(x) for x in args.mesh.split(",")))
   lengths = {"inputs": args.inputs, "targets": args.targets}
@@ -145,7 +146,7 @@ def t5lite_init(config) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from t5lite.network import EncoderDecoder  # pylint: disable=g-import-not-at-top
+  from t5lite.model.network import EncoderDecoder  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu")  # this process's accelerator is torch's
   dummy = jnp.ones((1, 1), jnp.int32)
   params = nn.unbox(EncoderDecoder(config).init(jax.random.key(0), dummy, dummy)["params"])
@@ -162,7 +163,7 @@ def _memory_stats(device) -> dict:
 def run_torch(args, name: str) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from t5lite import hf  # pylint: disable=g-import-not-at-top
+  from t5lite.convert import hf  # pylint: disable=g-import-not-at-top
   config = model_config(name)
   torch.manual_seed(0)
   model = transformers.T5ForConditionalGeneration(hf.hf_config_from(config.replace(
@@ -267,7 +268,7 @@ def main():
   if "torch" in frameworks and args.torch_device.startswith("cuda") and not torch_cuda_available():
     print("# torch: no CUDA device (or no torch); the PyTorch column needs one", flush=True)
     frameworks.remove("torch")
-  from t5lite.config import flops_per_example  # pylint: disable=g-import-not-at-top
+  from t5lite.model.config import flops_per_example  # pylint: disable=g-import-not-at-top
   print(f"# {platform.node()}, Python {platform.python_version()}; T5 1.1 bf16 activations, fp32 "
         f"parameters, {args.optimizer}; batch {args.batch}, {args.inputs}/{args.targets}, packed; "
         f"{args.warmup} warm-up + {args.steps} timed steps", flush=True)

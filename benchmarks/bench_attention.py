@@ -38,9 +38,11 @@ import numpy as np  # pylint: disable=wrong-import-position
 from jax.experimental import topologies  # pylint: disable=wrong-import-position
 from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=wrong-import-position
 
-from t5lite import attention, layers, optim, partitioning, train  # pylint: disable=C0413
-from t5lite.config import Config  # pylint: disable=wrong-import-position
-from t5lite.network import EncoderDecoder  # pylint: disable=wrong-import-position
+from t5lite.model import kernels as attention, layers  # pylint: disable=C0413
+from t5lite.training import optim, train  # pylint: disable=C0413
+from t5lite.runtime import partitioning  # pylint: disable=C0413
+from t5lite.model.config import Config  # pylint: disable=wrong-import-position
+from t5lite.model.network import EncoderDecoder  # pylint: disable=wrong-import-position
 
 KERNELS = ("xla", "pallas_tpu")
 KINDS = ("isolated", "isolated_nobias", "encoder", "decoder", "cross", "model")

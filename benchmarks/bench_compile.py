@@ -39,9 +39,10 @@ def measure(model: str, scan: bool, remat: str, mesh_shape: tuple, batch: int, l
                                + f" --xla_force_host_platform_device_count={n_devices}")
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from t5lite import optim, partitioning, train  # pylint: disable=g-import-not-at-top
-  from t5lite.config import Config  # pylint: disable=g-import-not-at-top
-  from t5lite.network import EncoderDecoder  # pylint: disable=g-import-not-at-top
+  from t5lite.training import optim, train  # pylint: disable=g-import-not-at-top
+  from t5lite.runtime import partitioning  # pylint: disable=g-import-not-at-top
+  from t5lite.model.config import Config  # pylint: disable=g-import-not-at-top
+  from t5lite.model.network import EncoderDecoder  # pylint: disable=g-import-not-at-top
 
   config = Config(**MODELS[model], scan_layers=scan, remat_policy=remat)
   mesh = partitioning.make_mesh(mesh_shape, devices=jax.devices()[:n_devices])

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5lite import decoding
-from t5lite.config import Config
-from t5lite.network import EncoderDecoder
+from t5lite.serving import decoding
+from t5lite.model.config import Config
+from t5lite.model.network import EncoderDecoder
 
 MODELS = {  # T5 1.1 tiny (ours) and small (t5x examples/t5/t5_1_1)
     "tiny": Config(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256, num_encoder_layers=2,

@@ -22,10 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from t5lite.data import noise  # noqa: E402
-from t5lite.data import objectives as obj  # noqa: E402
-from t5lite.data.gpt2_vocab import GPT2BPEVocabulary  # noqa: E402
-from t5lite.data.vocab import get_vocabulary  # noqa: E402
+from t5lite.data.objectives import numpy_objectives as noise  # noqa: E402
+from t5lite.data.objectives import tf_objectives as obj  # noqa: E402
+from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary  # noqa: E402
+from t5lite.data.vocab.sentencepiece import get_vocabulary  # noqa: E402
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 INPUTS = 512

@@ -23,10 +23,13 @@ import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from t5lite.data import cache_build, get_vocabulary, indexed, tasks  # noqa: E402
-from t5lite.data import sources  # noqa: E402
-from t5lite.data import objectives as obj  # noqa: E402
-from t5lite.data.gpt2_vocab import GPT2BPEVocabulary  # noqa: E402
+from t5lite.data.cache import build as cache_build  # noqa: E402
+from t5lite.data.vocab.sentencepiece import get_vocabulary  # noqa: E402
+from t5lite.data.feed import indexed  # noqa: E402
+from t5lite.data.tasks import registry as tasks  # noqa: E402
+from t5lite.data.sources import sources  # noqa: E402
+from t5lite.data.objectives import tf_objectives as obj  # noqa: E402
+from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary  # noqa: E402
 
 from bench_pipeline import _examples_in, tf_data_rate  # noqa: E402  (this folder is on sys.path)
 

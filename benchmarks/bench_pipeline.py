@@ -29,8 +29,13 @@ import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from t5lite.data import cache_build, get_dataset, indexed, peers, sources, tasks  # noqa: E402
-from t5lite.data.vocab import get_vocabulary  # noqa: E402
+from t5lite.data.cache import build as cache_build  # noqa: E402
+from t5lite.data.feed.tfdata import get_dataset  # noqa: E402
+from t5lite.data.feed import indexed  # noqa: E402
+from t5lite import testing as peers  # noqa: E402
+from t5lite.data.sources import sources  # noqa: E402
+from t5lite.data.tasks import registry as tasks  # noqa: E402
+from t5lite.data.vocab.sentencepiece import get_vocabulary  # noqa: E402
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 LENGTHS = {"inputs": 512, "targets": 114}

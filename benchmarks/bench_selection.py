@@ -31,10 +31,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from t5lite.data import demo_corpus  # noqa: E402
-from t5lite.data import ngram_features as nf  # noqa: E402
-from t5lite.data import selection  # noqa: E402
-from t5lite.data import selection_io as sio  # noqa: E402
+from t5lite.data.sources import demo_corpus  # noqa: E402
+from t5lite.datamix import dsir_features as nf  # noqa: E402
+from t5lite.datamix import dsir as selection  # noqa: E402
+from t5lite.datamix import dsir_io as sio  # noqa: E402
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 SAMPLE = str(DATA / "c4" / "olmo_c4-sample.00000-of-00001.json.gz")
@@ -178,8 +178,9 @@ def target_and_held_out() -> tuple[str, list[str]]:
 
 def validation_batches(validation: list[str], vocab: str) -> int:
   """Packed batches in one pass over the validation shard (train()'s eval repeats the split)."""
-  from t5lite.data import pipeline, tasks
-  from t5lite.data.sources import Sources
+  from t5lite.data.feed import tfdata as pipeline
+  from t5lite.data.tasks import registry as tasks
+  from t5lite.data.sources.sources import Sources
   tasks.register_all(Sources(vocabulary_path=vocab, c4_json_files=validation,
                        c4_json_validation_files=validation))
   ds = pipeline.get_dataset(tasks.C4_JSON, LENGTHS, BATCH, split="validation", shuffle=False,
@@ -192,7 +193,8 @@ def train_and_eval(name: str, files: str, validation: list[str], vocab: str, ste
   """Pretrains a tiny T5 1.1 on `files`; returns its eval loss on `validation`."""
   import gin
   import argparse
-  from t5lite import partitioning, train
+  from t5lite.runtime import partitioning
+  from t5lite.training import train
   from t5lite.cli import common
   gin.clear_config()
   args = [

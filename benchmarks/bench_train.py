@@ -52,8 +52,10 @@ import time
 import jax
 import numpy as np
 
-from t5lite import hf, optim, partitioning, train
-from t5lite.config import Config, flops_per_example
+from t5lite.convert import hf
+from t5lite.training import optim, train
+from t5lite.runtime import partitioning
+from t5lite.model.config import Config, flops_per_example
 
 MODELS = {
     "tiny": Config(emb_dim=256, num_heads=4, head_dim=64, mlp_dim=1024, num_encoder_layers=4,

@@ -1,4 +1,4 @@
-"""t5lite: pretraining T5 and BART encoder-decoders in JAX/Flax."""
-from t5lite import backend as _backend
+"""t5lite: pretraining T5 and BART encoder-decoders in JAX/Flax.
 
-_backend.tune_host_memory()  # CPU only; must precede jax's CPU client (see backend.py)
+Importing t5lite has no side effects; the `t5lite` command (main.py) sets up the process.
+"""

@@ -44,7 +44,6 @@ def parse(files: Sequence[str] = (), bindings: Sequence[str] = (),
   """Parses sources.gin, then `files` (resolved with `resolve`), then `bindings`, on top of the
   current gin config. skip_unknown ignores bindings of configurables this version lacks (for a run
   folder written by another version)."""
-  from t5lite.data import sources  # pylint: disable=g-import-not-at-top,unused-import  (sources.gin)
   for path in list(search_paths) + config_dirs() + [os.getcwd()]:
     gin.add_config_file_search_path(path)
   _use_plain_file_readers()

@@ -7,6 +7,7 @@ import sys
 from typing import Optional, Sequence
 
 from t5lite import errors
+from t5lite.runtime import backend
 from t5lite.cli import common
 
 # command -> (module in t5lite.cli, function, help)
@@ -48,6 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run() -> None:
   """Console-script entry point."""
+  backend.tune_host_memory()  # CPU only; before jax (and its threads) start: see backend.py
   try:
     run_with_args(None)
   except SystemExit as e:

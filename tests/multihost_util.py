@@ -230,7 +230,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   rest = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
   sys.path.insert(0, str(REPO))
   from t5lite import main as t5main  # pylint: disable=g-import-not-at-top
-  from t5lite.data import pipeline, streams  # pylint: disable=g-import-not-at-top
+  from t5lite.data.feed import tfdata as pipeline, streams  # pylint: disable=g-import-not-at-top
   pipeline.get_dataset = _patched_get_dataset(pipeline.get_dataset, args.emulate_shards)
   if args.step_delay > 0:
     streams.TrainStream.__next__ = _slowed(streams.TrainStream.__next__, args.step_delay)

@@ -19,9 +19,12 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from t5lite import attention, decoding, losses, partitioning, train
-from t5lite.config import Config
-from t5lite.network import EncoderDecoder
+from t5lite.model import kernels as attention, losses
+from t5lite.serving import decoding
+from t5lite.runtime import partitioning
+from t5lite.training import train
+from t5lite.model.config import Config
+from t5lite.model.network import EncoderDecoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, H, D = 8, 4, 16

@@ -10,10 +10,12 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from t5lite.data import cache as cache_lib
-from t5lite.data import cache_build, tasks, vocab
-from t5lite.data.sources import Sources
-from t5lite.data.span_corruption import reduce_concat_tokens, select_random_chunk, split_tokens
+from t5lite.data.cache import format as cache_lib
+from t5lite.data.cache import build as cache_build
+from t5lite.data.tasks import registry as tasks
+from t5lite.data.vocab import sentencepiece as vocab
+from t5lite.data.sources.sources import Sources
+from t5lite.data.objectives.tf_spans import reduce_concat_tokens, select_random_chunk, split_tokens
 
 TASK = tasks.C4_JSON
 

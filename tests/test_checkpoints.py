@@ -3,9 +3,10 @@ import jax
 import numpy as np
 import pytest
 
-from t5lite import optim, partitioning, train
-from t5lite.checkpoints import Checkpointer
-from t5lite.config import Config
+from t5lite.training import optim, train
+from t5lite.runtime import partitioning
+from t5lite.store.checkpoints import Checkpointer
+from t5lite.model.config import Config
 
 TINY = Config(vocab_size=256, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
               num_encoder_layers=2, num_decoder_layers=2, dtype="float32")

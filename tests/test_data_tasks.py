@@ -10,8 +10,11 @@ import pytest
 import seqio
 
 from t5lite import main
-from t5lite.data import demo_corpus, pipeline, tasks, vocab
-from t5lite.data.sources import JsonLinesDataSource, Sources
+from t5lite.data.sources import demo_corpus
+from t5lite.data.feed import tfdata as pipeline
+from t5lite.data.tasks import registry as tasks
+from t5lite.data.vocab import sentencepiece as vocab
+from t5lite.data.sources.sources import JsonLinesDataSource, Sources
 
 SMALL = {"inputs": 512, "targets": 114}
 
@@ -185,7 +188,7 @@ def test_source_macros_reach_every_task_family(run_config, c4_sample, t5_vocab_p
 
 def test_source_macros_reach_eval_on_a_run_folder(c4_sample, t5_vocab_path, tmp_path):
   """`eval` / `score` parse the run folder's gin, then the flags: the flags win."""
-  from t5lite import runs  # pylint: disable=g-import-not-at-top
+  from t5lite.serving import run as runs  # pylint: disable=g-import-not-at-top
   from t5lite.cli import common  # pylint: disable=g-import-not-at-top
   (tmp_path / "config.gin").write_text("VOCABULARY_PATH = '/old/spm.model'\n"
                                        "train.mixture_or_task_name = 'c4_json_span_corruption'\n")

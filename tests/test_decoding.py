@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from t5lite import decoding, partitioning
-from t5lite.config import Config
-from t5lite.network import EncoderDecoder
+from t5lite.serving import decoding
+from t5lite.runtime import partitioning
+from t5lite.model.config import Config
+from t5lite.model.network import EncoderDecoder
 
 B, I, L = 4, 12, 10
 TINY = dict(vocab_size=128, emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128,
@@ -211,7 +212,7 @@ def _hf_model(family):
 @pytest.mark.parametrize("family", sorted(CONFIGS))
 def test_greedy_equals_hf_generate(family):
   import torch  # pylint: disable=g-import-not-at-top
-  from t5lite import hf  # pylint: disable=g-import-not-at-top
+  from t5lite.convert import hf  # pylint: disable=g-import-not-at-top
   hf_config, hf_model = _hf_model(family)
   cfg = hf.config_from_hf(hf_config, dtype="float32")
   params = hf.params_from_hf({k: v.numpy() for k, v in hf_model.state_dict().items()}, cfg)

@@ -18,13 +18,21 @@ import numpy as np
 import optax
 import pytest
 
-from t5lite import checkpoints, doremi, doremi_run, losses, partitioning, runs, train
-from t5lite.checkpoints import Checkpointer
+from t5lite.store import checkpoints
+from t5lite.datamix import doremi, doremi_run
+from t5lite.model import losses
+from t5lite.runtime import partitioning
+from t5lite.serving import run as runs
+from t5lite.training import train
+from t5lite.store.checkpoints import Checkpointer
 from t5lite.cli import common
-from t5lite.config import Config
-from t5lite.data import demo_corpus, indexed, noise, streams, tasks
-from t5lite.data.sources import Sources
-from t5lite.network import EncoderDecoder
+from t5lite.model.config import Config
+from t5lite.data.sources import demo_corpus
+from t5lite.data.feed import indexed, streams
+from t5lite.data.objectives import numpy_objectives as noise
+from t5lite.data.tasks import registry as tasks
+from t5lite.data.sources.sources import Sources
+from t5lite.model.network import EncoderDecoder
 
 DOMAINS = ("ref_span_corruption", "lib_span_corruption", "noise_span_corruption")
 REFERENCE_STEPS, PROXY_STEPS = 40, 16
@@ -148,7 +156,7 @@ def domains(tmp_path_factory):
   folder = tmp_path_factory.mktemp("domains")
   docs = list(demo_corpus.documents())
   vocab_path = demo_corpus.demo_assets().vocab_path
-  from t5lite.data.vocab import SentencePieceVocabulary
+  from t5lite.data.vocab.sentencepiece import SentencePieceVocabulary
   vocab = SentencePieceVocabulary(vocab_path, extra_ids=100)
   rng = np.random.default_rng(0)
   random_docs = [{"text": vocab.decode(rng.integers(3, 3000, 250).tolist())} for _ in range(400)]

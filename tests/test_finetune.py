@@ -13,9 +13,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from t5lite import checkpoints, gin_files, main, partitioning, train  # pylint: disable=g-import-not-at-top
-from t5lite.data import finetune
-from t5lite.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+from t5lite.store import checkpoints  # pylint: disable=g-import-not-at-top
+from t5lite import gin_files, main  # pylint: disable=g-import-not-at-top
+from t5lite.runtime import partitioning  # pylint: disable=g-import-not-at-top
+from t5lite.training import train  # pylint: disable=g-import-not-at-top
+from t5lite.data.tasks import finetune
+from t5lite.data.vocab import sentencepiece as vocab_lib  # pylint: disable=g-import-not-at-top
 
 V = 256  # 90 pieces + 100 extra ids, rounded up to 128
 STEPS, SAVE_PERIOD = 150, 50

@@ -10,9 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from t5lite import hf  # pylint: disable=g-import-not-at-top
-from t5lite.config import Config  # pylint: disable=g-import-not-at-top
-from t5lite.network import EncoderDecoder  # pylint: disable=g-import-not-at-top
+from t5lite.convert import hf  # pylint: disable=g-import-not-at-top
+from t5lite.model.config import Config  # pylint: disable=g-import-not-at-top
+from t5lite.model.network import EncoderDecoder  # pylint: disable=g-import-not-at-top
 
 V, I, T = 96, 13, 9  # vocab, encoder length, decoder length
 TOL = 1e-4

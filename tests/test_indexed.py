@@ -13,9 +13,11 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from t5lite.data import cache as cache_lib
-from t5lite.data import cache_build, indexed, tasks
-from t5lite.data.sources import Sources
+from t5lite.data.cache import format as cache_lib
+from t5lite.data.cache import build as cache_build
+from t5lite.data.feed import indexed
+from t5lite.data.tasks import registry as tasks
+from t5lite.data.sources.sources import Sources
 
 LENGTHS = {"inputs": 512, "targets": 114}
 TASK = tasks.C4_JSON

@@ -5,7 +5,7 @@ import gin
 import pytest
 
 from t5lite import main
-from t5lite.data import tasks
+from t5lite.data.tasks import registry as tasks
 
 STATS_KEYS = {"num_examples", "inputs_length", "targets_length", "noise_density",
               "spans_per_example", "mean_span_length", "packing_efficiency"}

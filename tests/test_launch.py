@@ -431,7 +431,7 @@ def test_cache_runs_on_every_worker_with_its_share(cloud):
 
 
 def test_shard_auto_finds_the_host(monkeypatch):
-    from t5lite import partitioning  # pylint: disable=g-import-not-at-top
+    from t5lite.runtime import partitioning  # pylint: disable=g-import-not-at-top
     for var in ("T5LITE_PROCESS_ID", "T5LITE_NUM_PROCESSES", "SLURM_PROCID", "SLURM_NTASKS",
                 "TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(var, raising=False)

@@ -11,14 +11,14 @@ import scipy.stats
 import seqio
 import tensorflow as tf
 
-from t5lite.data import bart_noise
-from t5lite.data import finetune
-from t5lite.data import noise
-from t5lite.data import objectives as obj
-from t5lite.data import span_corruption as sc
-from t5lite.data import tasks
-from t5lite.data.gpt2_vocab import GPT2BPEVocabulary
-from t5lite.data.vocab import get_vocabulary
+from t5lite.data.objectives import bart_noise
+from t5lite.data.tasks import finetune
+from t5lite.data.objectives import numpy_objectives as noise
+from t5lite.data.objectives import tf_objectives as obj
+from t5lite.data.objectives import tf_spans as sc
+from t5lite.data.tasks import registry as tasks
+from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary
+from t5lite.data.vocab.sentencepiece import get_vocabulary
 
 SC_LENGTHS = {"inputs": 512, "targets": 114}
 

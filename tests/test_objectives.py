@@ -9,13 +9,13 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from t5lite.data import bart_noise
-from t5lite.data import objectives as obj
-from t5lite.data import sources
-from t5lite.data import tasks
-from t5lite.data.gpt2_vocab import GPT2BPEVocabulary
-from t5lite.data.span_corruption import noise_span_to_unique_sentinel
-from t5lite.data.vocab import get_vocabulary
+from t5lite.data.objectives import bart_noise
+from t5lite.data.objectives import tf_objectives as obj
+from t5lite.data.sources import sources
+from t5lite.data.tasks import registry as tasks
+from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary
+from t5lite.data.objectives.tf_spans import noise_span_to_unique_sentinel
+from t5lite.data.vocab.sentencepiece import get_vocabulary
 
 P = "testc4"  # task-name prefix of the objectives registered on the C4 sample
 LENGTHS = {"inputs": 512, "targets": 512}

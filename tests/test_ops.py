@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5lite import ops
+from t5lite.model import ops
 
 
 def _reference(x, w):

@@ -12,10 +12,11 @@ import gin
 import jax
 import pytest
 
-from t5lite import planner, runs
+from t5lite.training import planner
+from t5lite.serving import run as runs
 from t5lite.cli import common
-from t5lite.config import Config, flops_per_example
-from t5lite.data import pipeline
+from t5lite.model.config import Config, flops_per_example
+from t5lite.data.feed import tfdata as pipeline
 
 T5LITE = str(pathlib.Path(sys.executable).parent / "t5lite")
 TINY = ["--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/pretrain.gin",
@@ -153,7 +154,7 @@ def test_train_arguments_follow_gin_and_name_missing_macros():
 
 def test_batch_shapes_are_the_pipelines():
   """The abstract batch plan compiles for is what the real packed pipeline yields."""
-  from t5lite.data import tasks  # pylint: disable=g-import-not-at-top
+  from t5lite.data.tasks import registry as tasks  # pylint: disable=g-import-not-at-top
   tasks.register_all()
   lengths = {"inputs": 64, "targets": 16}
   batch = next(pipeline.get_dataset("demo_span_corruption", lengths, 4).as_numpy_iterator())

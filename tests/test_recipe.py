@@ -5,8 +5,9 @@ import numpy as np
 import optax
 import pytest
 
-from t5lite import losses, optim, train
-from t5lite.config import Config, flops_per_example
+from t5lite.model import losses
+from t5lite.training import optim, train
+from t5lite.model.config import Config, flops_per_example
 
 BASE = Config(emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048, num_encoder_layers=12,
               num_decoder_layers=12)

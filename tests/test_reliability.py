@@ -13,8 +13,10 @@ import pytest
 
 import cli_util
 import multihost_util as mh
-from t5lite import lock, optim, partitioning, train
-from t5lite.config import Config
+from t5lite.store import run_lock as lock
+from t5lite.training import optim, train
+from t5lite.runtime import partitioning
+from t5lite.model.config import Config
 from test_train import read_losses, run_train
 
 TINY = Config(vocab_size=128, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=32,

@@ -16,11 +16,16 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from t5lite import checkpoints, decoding, hf, layout, losses, optim, partitioning, train
+from t5lite.store import checkpoints
+from t5lite.serving import decoding
+from t5lite.convert import hf
+from t5lite.model import stacks as layout, losses
+from t5lite.training import optim, train
+from t5lite.runtime import partitioning
 from t5lite.cli import common
-from t5lite.checkpoints import Checkpointer
-from t5lite.config import REMAT_POLICIES, Config
-from t5lite.network import EncoderDecoder
+from t5lite.store.checkpoints import Checkpointer
+from t5lite.model.config import REMAT_POLICIES, Config
+from t5lite.model.network import EncoderDecoder
 
 # 3 + 2 layers: the two stacks differ in length.
 TINY = Config(vocab_size=256, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,

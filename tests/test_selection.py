@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from t5lite.cli import select as select_cli
-from t5lite.data import demo_corpus
-from t5lite.data import ngram_features as nf
-from t5lite.data import selection
-from t5lite.data import selection_io as sio
+from t5lite.data.sources import demo_corpus
+from t5lite.datamix import dsir_features as nf
+from t5lite.datamix import dsir as selection
+from t5lite.datamix import dsir_io as sio
 
 CODE = ("def return self import class lambda yield for in if else None True False print ( ) : = "
         "== [ ] , . args kwargs list dict len range str int raise except try").split()

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from t5lite import optim, partitioning, train
-from t5lite.config import Config
+from t5lite.training import optim, train
+from t5lite.runtime import partitioning
+from t5lite.model.config import Config
 
 TINY = Config(vocab_size=256, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
               num_encoder_layers=2, num_decoder_layers=2, dtype="float32")
@@ -148,7 +149,7 @@ def test_indivisible_dimension_is_replicated_not_an_error():
 
 def test_activation_constraints_are_real_under_activate():
   """Inside partitioning.activate the model's logical constraints shard activations."""
-  from t5lite.layers import constrain
+  from t5lite.model.layers import constrain
   mesh = partitioning.make_mesh((4, 2))
   x = jax.numpy.ones((8, 4, 6))
   f = jax.jit(lambda y: constrain(y * 2, ("batch", "length", "embed")))

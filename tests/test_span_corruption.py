@@ -6,11 +6,11 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from t5lite.data import peers
-from t5lite.data import span_corruption as sc
-from t5lite.data import sources
-from t5lite.data import tasks
-from t5lite.data.vocab import get_vocabulary
+from t5lite import testing as peers
+from t5lite.data.objectives import tf_spans as sc
+from t5lite.data.sources import sources
+from t5lite.data.tasks import registry as tasks
+from t5lite.data.vocab.sentencepiece import get_vocabulary
 
 LENGTHS = {"inputs": 512, "targets": 114}
 
@@ -178,7 +178,7 @@ def test_packing():
 def test_helper_lengths_hold_when_rounding_gives_no_span():
   """Inputs 128 at mean span 64, density 0.15: round(19 / 64) = 0, but the mask makes 1 span; the
   helper must count it, or the inputs overflow by one token and the last sentinel is cut."""
-  from t5lite.data.span_corruption import random_spans_helper as helper
+  from t5lite.data.objectives.tf_spans import random_spans_helper as helper
   tokens, targets = helper(128, 0.15, 64.0)
   noise = round(tokens * 0.15)
   assert (tokens - noise) + 1 + 1 == 128  # non-noise + one sentinel + EOS fill the inputs exactly

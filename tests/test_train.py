@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from t5lite import main as cli
-from t5lite import partitioning, train
+from t5lite.runtime import partitioning
+from t5lite.training import train
 from t5lite.cli import common
-from t5lite.checkpoints import Checkpointer
+from t5lite.store.checkpoints import Checkpointer
 
 STEPS = 16
 FAST = [
@@ -84,7 +85,7 @@ def test_gin_override_changes_the_model(tmp_path):
   common.parse_gin(common.parse_args(
       parser, ["--gin_file=models/t5_1_1/small.gin", "--gin.Config.num_heads=3",
                "--gin.Config.emb_dim", "96"]))
-  from t5lite.config import Config
+  from t5lite.model.config import Config
   cfg = Config()
   assert (cfg.num_heads, cfg.emb_dim, cfg.mlp_dim) == (3, 96, 1024)
   gin.clear_config()

@@ -15,9 +15,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from t5lite import checkpoints, main, runs
+from t5lite.store import checkpoints
+from t5lite import main
+from t5lite.serving import run as runs
 from t5lite.cli import common  # pylint: disable=g-import-not-at-top
-from t5lite.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+from t5lite.data.vocab import sentencepiece as vocab_lib  # pylint: disable=g-import-not-at-top
 
 V = 32128
 EXAMPLES = [

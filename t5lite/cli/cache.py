@@ -17,7 +17,7 @@ from t5lite.cli import common
 
 def _shard(text: str) -> tuple[int, int]:
   if text == "auto":
-    from t5lite import partitioning  # pylint: disable=g-import-not-at-top
+    from t5lite.runtime import partitioning  # pylint: disable=g-import-not-at-top
     return partitioning.host_and_count()
   m = re.fullmatch(r"(\d+)/(\d+)", text)
   if not m or not int(m.group(1)) < int(m.group(2)):
@@ -27,7 +27,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str]) -> int:
-  from t5lite.data import cache as cache_lib  # pylint: disable=g-import-not-at-top
+  from t5lite.data.cache import format as cache_lib  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       prog="t5lite cache",
       description="Tokenize the source of a task or mixture once (ArrayRecord blocks of token "
@@ -45,7 +45,8 @@ def main(argv: list[str]) -> int:
   common.add_gin_flags(parser)
   args = common.parse_args(parser, argv)
   common.parse_gin(args)
-  from t5lite.data import cache_build, tasks  # pylint: disable=g-import-not-at-top
+  from t5lite.data.cache import build as cache_build  # pylint: disable=g-import-not-at-top
+  from t5lite.data.tasks import registry as tasks  # pylint: disable=g-import-not-at-top
   tasks.register_all()
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
   if args.workers < 1:

@@ -59,8 +59,14 @@ def search_paths(args: argparse.Namespace) -> list[str]:
 def register_configurables() -> None:
   """Imports every module that declares a gin configurable (before any gin parse)."""
   # pylint: disable=g-import-not-at-top,unused-import
-  from t5lite import checkpoints, config, doremi_run, lock, optim, partitioning, train
-  from t5lite.data import finetune, sources, streams, tasks
+  from t5lite.store import checkpoints, run_lock as lock
+  from t5lite.model import config
+  from t5lite.datamix import doremi_run
+  from t5lite.training import optim, train
+  from t5lite.runtime import partitioning
+  from t5lite.data.tasks import finetune, registry as tasks
+  from t5lite.data.sources import sources
+  from t5lite.data.feed import streams
 
 
 def parse_gin(args: argparse.Namespace) -> None:
@@ -74,7 +80,7 @@ def parse_gin(args: argparse.Namespace) -> None:
 def start_devices() -> None:
   """Emulated CPU devices (when asked for), then jax.distributed (when this is one process of
   several): both before anything touches a device."""
-  from t5lite import partitioning  # pylint: disable=g-import-not-at-top
+  from t5lite.runtime import partitioning  # pylint: disable=g-import-not-at-top
   partitioning.emulate_cpu_devices()
   partitioning.initialize_distributed()
 
@@ -95,7 +101,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 def load_run(args: argparse.Namespace):
   """The run folder of --model_dir loaded onto the gin-bound mesh (its gin config, then --gin_file
   and bindings on top)."""
-  from t5lite import runs  # pylint: disable=g-import-not-at-top
+  from t5lite.serving import run as runs  # pylint: disable=g-import-not-at-top
   run_dir = runs.RunDir(args.model_dir)
   parse_run_gin(run_dir, args.gin_file, args.gin_bindings, search_paths(args))
   if args.num_cpu_devices:

@@ -24,7 +24,8 @@ def main(argv: Sequence[str]) -> int:
   common.parse_gin(args)
   common.start_devices()
   import jax  # pylint: disable=g-import-not-at-top
-  from t5lite import doremi_run, partitioning  # pylint: disable=g-import-not-at-top
+  from t5lite.datamix import doremi_run  # pylint: disable=g-import-not-at-top
+  from t5lite.runtime import partitioning  # pylint: disable=g-import-not-at-top
   result = doremi_run.doremi(mesh=partitioning.make_mesh())
   if result is not None and jax.process_index() == 0:
     width = max(len(n) for n in result.weights)

@@ -17,7 +17,9 @@ from typing import Sequence
 
 import jax
 
-from t5lite import checkpoints, evaluation, gin_files, runs
+from t5lite.store import checkpoints
+from t5lite.serving import evaluation, run as runs
+from t5lite import gin_files
 from t5lite.cli import common
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from t5lite import hf_runs, runs
+from t5lite.convert import hf_folders as hf_runs
+from t5lite.serving import run as runs
 from t5lite.cli import common
 
 

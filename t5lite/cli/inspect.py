@@ -76,7 +76,8 @@ def main(argv: Sequence[str]) -> int:
   common.add_gin_flags(parser)
   args = common.parse_args(parser, argv)
   common.parse_gin(args)
-  from t5lite.data import statistics, tasks  # pylint: disable=g-import-not-at-top
+  from t5lite.data import statistics  # pylint: disable=g-import-not-at-top
+  from t5lite.data.tasks import registry as tasks  # pylint: disable=g-import-not-at-top
   tasks.register_all()
   name = args.name or gin_files.query("%MIXTURE_OR_TASK_NAME")
   if not name:

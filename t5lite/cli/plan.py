@@ -30,7 +30,7 @@ def main(argv: Sequence[str]) -> int:
                            f"({', '.join(DUMPS)})")
   common.add_gin_flags(parser)
   args = common.parse_args(parser, argv)
-  from t5lite import planner  # pylint: disable=g-import-not-at-top
+  from t5lite.training import planner  # pylint: disable=g-import-not-at-top
   planner.prepare_host()
   common.parse_gin(args)
   arguments = planner.train_arguments()

@@ -10,8 +10,8 @@ import argparse
 import json
 import os
 
-from t5lite.data import ngram_features as nf
-from t5lite.data import selection
+from t5lite.datamix import dsir_features as nf
+from t5lite.datamix import dsir as selection
 
 
 def _shard(value: str) -> tuple[int, int]:

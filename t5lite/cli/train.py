@@ -15,6 +15,7 @@ def main(argv: Sequence[str]) -> int:
   args = common.parse_args(parser, argv)
   common.parse_gin(args)
   common.start_devices()
-  from t5lite import partitioning, train  # pylint: disable=g-import-not-at-top
+  from t5lite.runtime import partitioning  # pylint: disable=g-import-not-at-top
+  from t5lite.training import train  # pylint: disable=g-import-not-at-top
   train.train(mesh=partitioning.make_mesh())
   return 0

@@ -13,7 +13,8 @@ import json
 import sys
 from typing import Iterable, Optional, Sequence
 
-from t5lite import files, gin_files, inference
+from t5lite import files, gin_files
+from t5lite.serving import inference
 from t5lite.cli import common
 
 

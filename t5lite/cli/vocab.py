@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from t5lite.data import vocab
+from t5lite.data.vocab import sentencepiece as vocab
 
 
 def main(argv: Sequence[str]) -> int:

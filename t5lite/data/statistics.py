@@ -16,9 +16,9 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from t5lite.data import pipeline
-from t5lite.data import tasks as tasks_lib
-from t5lite.data.vocab import detokenize
+from t5lite.data.feed import tfdata as pipeline
+from t5lite.data.tasks import registry as tasks_lib
+from t5lite.data.vocab.sentencepiece import detokenize
 
 SENTINEL_OBJECTIVES = ("span_corruption", "ul2_denoiser", "iid_denoising")
 PREFIX_OBJECTIVES = ("prefix_lm", "ul2_prefix_lm")
@@ -71,7 +71,8 @@ class _TaskInfo:
 
 def _cached_stream(name: str, lengths: Mapping[str, int], split: str, seed: int):
   """The token cache's stream (data/streams.py) when DATA_CACHE_DIR is set; else None."""
-  from t5lite.data import indexed, sources, streams  # pylint: disable=g-import-not-at-top
+  from t5lite.data.feed import indexed, streams  # pylint: disable=g-import-not-at-top
+  from t5lite.data.sources import sources  # pylint: disable=g-import-not-at-top
   source = sources.Sources()
   if not source.cache_dir:
     return None
@@ -181,7 +182,7 @@ def describe(name: str, task_feature_lengths: Mapping[str, int], num_examples: i
     if len(rows) < stats_examples:
       rows.append(row)
   if not rows and not shown:
-    from t5lite.data import sources  # pylint: disable=g-import-not-at-top
+    from t5lite.data.sources import sources  # pylint: disable=g-import-not-at-top
     skipped = dict(sources.skipped_records)
     raise ValueError(f"{name!r}: its {split} split yields no examples"
                      + (f" (records skipped: {skipped})" if skipped else ""))
