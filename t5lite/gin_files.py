@@ -1,9 +1,10 @@
 """Finding and parsing gin files: the installed gin_configs/ and search paths.
 
-The modules that declare configurables must be imported before a parse (the commands do it:
-cli/common.register_configurables). Every parse starts from `sources.gin` (where data and vocabularies come from: VOCABULARY_PATH,
+Every parse starts from `sources.gin` (where data and vocabularies come from: VOCABULARY_PATH,
 C4_JSON_FILES, ... as macros), so `--gin.VOCABULARY_PATH=...` reaches every task family and
-every command, with or without a run config.
+every command, with or without a run config. The modules that declare the configurables must be
+imported first (the commands do: cli/common.register_configurables). Names that earlier versions
+used (`train.fsdp`, ...) are rewritten to their current ones (`upgrade`).
 """
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import contextlib
 import os
 import pathlib
 import re
+import sys
 import tokenize
 from typing import Any, Sequence
 
 import gin
+
+from t5lite.files import read_text
 
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 DEFAULTS = "sources.gin"
@@ -52,26 +56,51 @@ def parse(files: Sequence[str] = (), bindings: Sequence[str] = (),
   # error names its source even when gin's own message does not (a tokenizer error).
   for path in paths:
     with _naming(f"gin file {path}"):
-      if skip_unknown:  # a run folder's file, maybe from another version: upgrade its bindings
-        from t5lite import files  # pylint: disable=g-import-not-at-top
-        gin.parse_config(upgrade(files.read_text(path)), skip_unknown=True)
-      else:
+      text = read_text(path)
+      upgraded = upgrade(text, announce=not skip_unknown)
+      if upgraded == text and not skip_unknown:
         gin.parse_config_file(path)
+      else:  # obsolete names rewritten; a run folder's file may come from another version
+        gin.parse_config(upgraded, skip_unknown=skip_unknown)
   for binding in bindings:
     with _naming(f"gin binding {binding!r} (--gin_bindings / --gin.NAME=VALUE)"):
-      gin.parse_config(binding, skip_unknown=skip_unknown)
+      gin.parse_config(upgrade(binding, announce=True), skip_unknown=skip_unknown)
 
 
-# Bindings earlier versions wrote into run folders' config.gin, and what they mean now.
+# Bindings earlier versions used, and what they are now (train()'s arguments became sections).
+_MOVED = {
+    "train.mixture_or_task_name": "DataConfig.mixture_or_task_name",
+    "train.task_feature_lengths": "DataConfig.task_feature_lengths",
+    "train.batch_size": "DataConfig.batch_size",
+    "train.z_loss": "StepConfig.z_loss", "doremi.z_loss": "StepConfig.z_loss",
+    "train.microbatches": "StepConfig.microbatches",
+    "train.fsdp": "StepConfig.fsdp", "doremi.fsdp": "StepConfig.fsdp",
+    "train.eval_period": "EvalConfig.period", "train.eval_steps": "EvalConfig.steps",
+    "train.predict_examples": "EvalConfig.predict_examples",
+    "train.log_period": "LoopConfig.log_period",
+    "train.max_consecutive_skips": "LoopConfig.max_consecutive_skips",
+    "doremi.max_consecutive_skips": "LoopConfig.max_consecutive_skips",
+}
 _RENAMED = ((re.compile(r"^Config\.remat = True$", re.M), "Config.remat_policy = 'full'"),
             (re.compile(r"^Config\.remat = False$", re.M), "Config.remat_policy = 'none'"))
+_MOVED_RE = re.compile(r"^(\s*)(" + "|".join(re.escape(k) for k in _MOVED) + r")(?=\s*=)", re.M)
+_announced: set[str] = set()
 
 
-def upgrade(text: str) -> str:
-  """A gin text with obsolete t5lite bindings rewritten to their current form."""
+def upgrade(text: str, announce: bool = False) -> str:
+  """A gin text with obsolete t5lite bindings rewritten to their current form; announce: say
+  once per name which name replaced it."""
   for pattern, replacement in _RENAMED:
     text = pattern.sub(replacement, text)
-  return text
+
+  def moved(m: re.Match) -> str:
+    old, new = m.group(2), _MOVED[m.group(2)]
+    if announce and old not in _announced:
+      _announced.add(old)
+      print(f"t5lite: note: the gin binding {old} is now {new} (the old name still works)",
+            file=sys.stderr, flush=True)
+    return m.group(1) + new
+  return _MOVED_RE.sub(moved, text)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,8 @@ from t5lite.data.sources import demo_corpus
 from t5lite.data.feed import tfdata as pipeline
 from t5lite.data.tasks import registry as tasks
 from t5lite.data.vocab import sentencepiece as vocab
+from t5lite.serving import run
+from t5lite.store.run_dir import RunDir
 from t5lite.data.sources.sources import JsonLinesDataSource, Sources
 
 SMALL = {"inputs": 512, "targets": 114}
@@ -193,10 +195,10 @@ def test_source_macros_reach_eval_on_a_run_folder(c4_sample, t5_vocab_path, tmp_
   (tmp_path / "config.gin").write_text("VOCABULARY_PATH = '/old/spm.model'\n"
                                        "train.mixture_or_task_name = 'c4_json_span_corruption'\n")
   try:
-    common.parse_run_gin(runs.RunDir(tmp_path), bindings=[
+    common.parse_run_gin(RunDir(tmp_path), bindings=[
         f"VOCABULARY_PATH = '{t5_vocab_path}'", f"C4_JSON_FILES = '{c4_sample}'"])
     tasks.register_all()
-    task = tasks.get_task_or_mixture(runs.task_name())
+    task = tasks.get_task_or_mixture(run.task_name())
     assert task.output_features["targets"].vocabulary.sentencepiece_model_file == str(
         t5_vocab_path)
     assert task.source.list_shards("train") == [str(c4_sample)]

@@ -22,7 +22,7 @@ from t5lite.store import checkpoints
 from t5lite.datamix import doremi, doremi_run
 from t5lite.model import losses
 from t5lite.runtime import partitioning
-from t5lite.serving import run as runs
+from t5lite.model.params import abstract_params
 from t5lite.training import train
 from t5lite.store.checkpoints import Checkpointer
 from t5lite.cli import common
@@ -283,7 +283,7 @@ def test_resumed_proxy_continues_alpha_exactly_and_the_reference_is_reused(resum
     for key in ("loss", *[f"domain_weight/{n}" for n in DOMAINS],
                 *[f"average_weight/{n}" for n in DOMAINS], *[f"excess_loss/{n}" for n in DOMAINS]):
       assert got[step][key] == want[step][key], (step, key)
-  abstract = runs.abstract_params(Config(), partitioning.make_mesh((4, 2)))
+  abstract = abstract_params(Config(), partitioning.make_mesh((4, 2)))
   for a, b in zip(jax.tree.leaves(checkpoints.restore_params(os.path.join(d, "proxy"), abstract)),
                   jax.tree.leaves(checkpoints.restore_params(os.path.join(straight, "proxy"),
                                                              abstract))):

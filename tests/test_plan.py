@@ -13,7 +13,7 @@ import jax
 import pytest
 
 from t5lite.training import planner
-from t5lite.serving import run as runs
+from t5lite.model import params as model_params
 from t5lite.cli import common
 from t5lite.model.config import Config, flops_per_example
 from t5lite.data.feed import tfdata as pipeline
@@ -67,7 +67,7 @@ def test_fits_on_a_tpu_topology(runs_):
   assert rc == 0, stderr[-3000:]
   assert (plan["devices"], plan["device_kind"], plan["mesh"]) == (4, "TPU v5 lite",
                                                                    {"data": 4, "model": 1})
-  params = sum(math.prod(x.shape) for x in jax.tree.leaves(runs.boxed_params_shape(
+  params = sum(math.prod(x.shape) for x in jax.tree.leaves(model_params.boxed_params_shape(
       tiny_config())))
   assert plan["parameters"] == params
   mem = plan["per_device_bytes"]

@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 from t5lite.store import checkpoints
 from t5lite import main
 from t5lite.serving import run as runs
+from t5lite.store.run_dir import RunDir
 from t5lite.cli import common  # pylint: disable=g-import-not-at-top
 from t5lite.data.vocab import sentencepiece as vocab_lib  # pylint: disable=g-import-not-at-top
 
@@ -147,7 +148,7 @@ def test_export_hf_loads_with_equal_logits(imported, tmp_path):
   config = json.loads((out / "config.json").read_text())
   assert (config["d_model"], config["d_ff"], config["num_heads"]) == (32, 64, 4)
   model = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
-  common.parse_run_gin(runs.RunDir(imported))
+  common.parse_run_gin(RunDir(imported))
   run = runs.load(str(imported))
   rng = np.random.RandomState(0)
   enc, dec = rng.randint(3, 32000, (2, 11)), rng.randint(3, 32000, (2, 7))

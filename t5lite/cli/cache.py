@@ -17,8 +17,8 @@ from t5lite.cli import common
 
 def _shard(text: str) -> tuple[int, int]:
   if text == "auto":
-    from t5lite.runtime import partitioning  # pylint: disable=g-import-not-at-top
-    return partitioning.host_and_count()
+    from t5lite.runtime import devices  # pylint: disable=g-import-not-at-top
+    return devices.host_and_count()
   m = re.fullmatch(r"(\d+)/(\d+)", text)
   if not m or not int(m.group(1)) < int(m.group(2)):
     raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/N with 0 <= I < N (e.g. 0/4) "

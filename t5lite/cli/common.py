@@ -59,14 +59,14 @@ def search_paths(args: argparse.Namespace) -> list[str]:
 def register_configurables() -> None:
   """Imports every module that declares a gin configurable (before any gin parse)."""
   # pylint: disable=g-import-not-at-top,unused-import
-  from t5lite.store import checkpoints, run_lock as lock
-  from t5lite.model import config
-  from t5lite.datamix import doremi_run
-  from t5lite.training import optim, train
-  from t5lite.runtime import partitioning
-  from t5lite.data.tasks import finetune, registry as tasks
-  from t5lite.data.sources import sources
   from t5lite.data.feed import streams
+  from t5lite.data.sources import sources
+  from t5lite.data.tasks import finetune, registry
+  from t5lite.datamix import doremi_run
+  from t5lite.model import config
+  from t5lite.runtime import devices, partitioning
+  from t5lite.store import checkpoints, run_lock
+  from t5lite.training import optim, settings, train
 
 
 def parse_gin(args: argparse.Namespace) -> None:
@@ -80,9 +80,9 @@ def parse_gin(args: argparse.Namespace) -> None:
 def start_devices() -> None:
   """Emulated CPU devices (when asked for), then jax.distributed (when this is one process of
   several): both before anything touches a device."""
-  from t5lite.runtime import partitioning  # pylint: disable=g-import-not-at-top
-  partitioning.emulate_cpu_devices()
-  partitioning.initialize_distributed()
+  from t5lite.runtime import devices  # pylint: disable=g-import-not-at-top  (jax, on demand)
+  devices.emulate_cpu_devices()
+  devices.initialize_distributed()
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -101,18 +101,19 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 def load_run(args: argparse.Namespace):
   """The run folder of --model_dir loaded onto the gin-bound mesh (its gin config, then --gin_file
   and bindings on top)."""
-  from t5lite.serving import run as runs  # pylint: disable=g-import-not-at-top
-  run_dir = runs.RunDir(args.model_dir)
+  from t5lite.serving import run  # pylint: disable=g-import-not-at-top  (jax, on demand)
+  from t5lite.store.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+  run_dir = RunDir(args.model_dir)
   parse_run_gin(run_dir, args.gin_file, args.gin_bindings, search_paths(args))
   if args.num_cpu_devices:
     gin.bind_parameter("emulate_cpu_devices.num_devices", args.num_cpu_devices)
   start_devices()
-  return runs.load(run_dir.path, args.step, vocabulary=args.vocabulary, dtype=args.dtype)
+  return run.load(run_dir.path, args.step, vocabulary=args.vocabulary, dtype=args.dtype)
 
 
 def parse_run_gin(run_dir, extra_files: Sequence[str] = (), bindings: Sequence[str] = (),
                   paths: Sequence[str] = ()) -> None:
-  """Clears gin, then parses the run folder's gin file (runs.RunDir), then `extra_files` and
+  """Clears gin, then parses the run folder's gin file (run_dir.RunDir), then `extra_files` and
   `bindings` on top. Bindings of configurables this version lacks (a run folder written by
   another version) are skipped."""
   register_configurables()

@@ -1,11 +1,11 @@
-"""`t5lite import-hf HF_DIR MODEL_DIR` and `t5lite export-hf MODEL_DIR OUT_DIR` (hf_runs.py)."""
+"""`t5lite import-hf HF_DIR MODEL_DIR` and `t5lite export-hf MODEL_DIR OUT_DIR` (hf_folders.py)."""
 from __future__ import annotations
 
 import argparse
 from typing import Sequence
 
-from t5lite.convert import hf_folders as hf_runs
-from t5lite.serving import run as runs
+from t5lite.convert import hf_folders
+from t5lite.store import run_dir as run_folder
 from t5lite.cli import common
 
 
@@ -23,11 +23,11 @@ def import_main(argv: Sequence[str]) -> int:
   args = common.parse_args(parser, argv)
   common.parse_gin(args)
   common.start_devices()
-  config = hf_runs.import_hf(args.hf_dir, args.model_dir, args.dtype)
-  run_dir = runs.RunDir(args.model_dir)
+  config = hf_folders.import_hf(args.hf_dir, args.model_dir, args.dtype)
+  run_dir = run_folder.RunDir(args.model_dir)
   print(f"t5lite: imported {args.hf_dir} ({config.family}, d_model {config.emb_dim}, "
         f"{config.num_encoder_layers}+{config.num_decoder_layers} layers) into {run_dir.path}; "
-        f"use --gin_file={run_dir.file(runs.MODEL_GIN)}")
+        f"use --gin_file={run_dir.file(run_folder.MODEL_GIN)}")
   return 0
 
 
@@ -42,6 +42,6 @@ def export_main(argv: Sequence[str]) -> int:
   common.add_gin_flags(parser)
   args = common.parse_args(parser, argv)
   args.vocabulary, args.dtype = None, None
-  out = hf_runs.export_hf(common.load_run(args), args.out_dir)
+  out = hf_folders.export_hf(common.load_run(args), args.out_dir)
   print(f"t5lite: wrote {out}")
   return 0

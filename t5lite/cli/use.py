@@ -99,7 +99,7 @@ def infer_main(argv: Sequence[str]) -> int:
       'with "prediction" added.', argv, flags)
   examples = read_jsonl(args.input, ("inputs",))
   run = common.load_run(args)
-  max_len = args.max_decode_length or (gin_files.query("train.task_feature_lengths") or {}).get(
+  max_len = args.max_decode_length or (gin_files.query("DataConfig.task_feature_lengths") or {}).get(
       "targets", 128)
   rows = inference.infer(run, examples, max_len, args.inputs_length, decoder=args.decoder,
                          batch_size=args.batch_size, beam_size=args.beam_size,

@@ -25,15 +25,19 @@ from t5lite.store import checkpoints
 from t5lite import files
 from t5lite.convert import hf
 from t5lite.training import optim
+from t5lite.training.state import TrainState, new_guard
 from t5lite.runtime import partitioning
-from t5lite.serving import run as runs
+from t5lite.model.params import abstract_params
+from t5lite.serving.run import Run
+from t5lite.store import run_dir as run_folder
+from t5lite.store.run_dir import RunDir
 from t5lite.model.config import Config
 
 # Fields a run config sets rather than the architecture (pretraining 0.0, fine-tuning 0.1 ...).
 _RUN_FIELDS = ("dropout_rate", "remat_policy", "scan_layers", "attention_kernel")
 
 
-def model_gin(config: Config, run_dir: runs.RunDir, source: str) -> str:
+def model_gin(config: Config, run_dir: RunDir, source: str) -> str:
   """Gin text binding every architecture field of `config`, and the vocabulary in the run folder."""
   lines = [f"# Imported by `t5lite import-hf` from {source}.",
            "# Put this file after runs/*.gin: it sets the model and its vocabulary.", ""]
@@ -53,34 +57,33 @@ def model_gin(config: Config, run_dir: runs.RunDir, source: str) -> str:
 def import_hf(hf_dir: str, model_dir: str, dtype: str = "float32",
               mesh: Optional[jax.sharding.Mesh] = None) -> Config:
   """Writes MODEL_DIR (see the module docstring) from the HF folder; returns the Config."""
-  from t5lite.training import train  # pylint: disable=g-import-not-at-top  (TrainState)
   hf_dir = os.path.abspath(os.fspath(hf_dir))
   if not os.path.isfile(os.path.join(hf_dir, "config.json")):
     what = "has no config.json" if os.path.isdir(hf_dir) else "does not exist"
     raise FileNotFoundError(f"HF folder {hf_dir} {what} (expected a save_pretrained folder "
                             "with config.json and model.safetensors)")
-  run_dir = runs.RunDir(model_dir)
+  run_dir = RunDir(model_dir)
   if run_dir.checkpoint_steps():
     raise FileExistsError(f"{run_dir.path} already has checkpoints; import into an empty folder")
   config, params = hf.load_hf_dir(hf_dir, dtype=dtype)
   files.makedirs(run_dir.path)
-  for name in runs.VOCAB_FILES:
+  for name in run_folder.VOCAB_FILES:
     if os.path.exists(os.path.join(hf_dir, name)):
       files.copy(os.path.join(hf_dir, name), run_dir.file(name), overwrite=True)
-  files.write_text(run_dir.file(runs.MODEL_GIN), model_gin(config, run_dir, hf_dir))
+  files.write_text(run_dir.file(run_folder.MODEL_GIN), model_gin(config, run_dir, hf_dir))
 
   mesh = mesh or partitioning.make_mesh()
-  abstract = runs.abstract_params(config, mesh)
+  abstract = abstract_params(config, mesh)
   param_shardings = jax.tree.map(lambda x: x.sharding, abstract)
   params = jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), params, abstract)
   tx = optim.make_optimizer()
   opt_shape = jax.eval_shape(tx.init, params)
   opt_shardings = partitioning.match_shardings(opt_shape, params, param_shardings, mesh)
-  state = train.TrainState(step=jax.device_put(jnp.zeros((), jnp.int32),
+  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32),
                                                partitioning.replicated(mesh)),
                            params=params,
                            opt_state=jax.jit(tx.init, out_shardings=opt_shardings)(params),
-                           guard=train.new_guard())
+                           guard=new_guard())
   ckpt = checkpoints.Checkpointer(run_dir.checkpoints, async_save=False)
   # Saved from host memory: orbax's per-shard device transfers cost seconds for small models.
   ckpt.save(0, jax.device_get(state), {"batches": 0, "imported_from": hf_dir}, force=True)
@@ -88,15 +91,15 @@ def import_hf(hf_dir: str, model_dir: str, dtype: str = "float32",
   return config
 
 
-def export_hf(run: runs.Run, out_dir: str) -> str:
+def export_hf(run: Run, out_dir: str) -> str:
   """Writes config.json + model.safetensors (+ the run's vocabulary files) of a loaded run to a
   local out_dir."""
   out_dir = os.path.abspath(os.fspath(out_dir))
   hf.save_hf_dir(run.config, jax.device_get(run.params), out_dir)
   vocab_file = getattr(run.vocabulary, "sentencepiece_model_file", None)
   if vocab_file:
-    files.copy(vocab_file, os.path.join(out_dir, runs.SPIECE), overwrite=True)
-  for name in runs.BART_VOCAB_FILES:
+    files.copy(vocab_file, os.path.join(out_dir, run_folder.SPIECE), overwrite=True)
+  for name in run_folder.BART_VOCAB_FILES:
     if files.exists(run.run_dir.file(name)):
       files.copy(run.run_dir.file(name), os.path.join(out_dir, name), overwrite=True)
   return out_dir

@@ -19,7 +19,7 @@ Choices the paper leaves open:
   - A domain with no target token in a batch keeps its previous λ (0 before its first), as the
     authors' implementation does (github.com/sangmichaelxie/doremi, trainer.py, doremiv1);
     its term of the proxy's objective is 0. (λ = 0 would push an unsampled domain down.)
-  - A step the non-finite guard skips (train.apply_update) leaves α and λ as they were; the
+  - A step the non-finite guard skips (training/step.apply_update) leaves α and λ as they were; the
     average still counts it (α_t = α_{t−1}).
 """
 from __future__ import annotations
@@ -32,12 +32,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from t5lite.data.feed.features import TASK_IDS
 from t5lite.model import losses
 from t5lite.runtime import partitioning
 from t5lite.model.network import EncoderDecoder
-from t5lite.training.train import TrainState, apply_update
+from t5lite.training.state import TrainState
+from t5lite.training.step import apply_update
 
-TASK_IDS = "decoder_task_ids"  # data/indexed.py's per-token feature: task index + 1, 0 = padding
 
 
 @flax.struct.dataclass
@@ -57,7 +58,7 @@ def new_state(state: TrainState, num_domains: int) -> DoremiState:
 
 
 def state_shardings(shardings: TrainState, mesh) -> DoremiState:
-  """train.state_shardings' shardings with DoReMi's [k] vectors replicated."""
+  """training/state.state_shardings' shardings with DoReMi's [k] vectors replicated."""
   rep = partitioning.replicated(mesh)
   return DoremiState(**_fields(shardings), alpha=rep, alpha_sum=rep, excess=rep)
 
@@ -153,7 +154,7 @@ def doremi_step(state: DoremiState, reference_params, batch: Mapping[str, jax.Ar
 def jit_doremi_step(model: EncoderDecoder, reference_model: EncoderDecoder, tx, schedule,
                     shardings: DoremiState, reference_shardings, mesh, *, z_loss: float,
                     eta: float, smoothing: float, dropout_seed: Optional[int] = None):
-  """doremi_step jitted as train.jit_train_step: explicit shardings on the run's mesh (the
+  """doremi_step jitted as training/step.jit_train_step: explicit shardings on the run's mesh (the
   reference's parameters on theirs), the state donated."""
   return jax.jit(
       functools.partial(doremi_step, model=model, reference_model=reference_model, tx=tx,

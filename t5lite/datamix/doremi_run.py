@@ -26,13 +26,22 @@ import gin
 import jax
 import numpy as np
 
-from t5lite.store import checkpoints, metrics as metrics_writer
 from t5lite import files
-from t5lite.training import optim, train
-from t5lite.runtime import partitioning
-from t5lite.serving import run as runs
+from t5lite.data.cache import format as cache
+from t5lite.data.feed import indexed, streams
+from t5lite.data.sources import sources
+from t5lite.data.tasks import registry as tasks
 from t5lite.datamix import doremi as doremi_lib
 from t5lite.model.config import Config
+from t5lite.model.params import abstract_params
+from t5lite.runtime import partitioning
+from t5lite.store import checkpoints
+from t5lite.store.metrics import read_metrics
+from t5lite.store.run_dir import RunDir
+from t5lite.training import loop as loop_lib
+from t5lite.training import optim, train
+from t5lite.training.settings import DataConfig, LoopConfig, StepConfig, check_required
+from t5lite.training.state import create_train_state
 
 REFERENCE, PROXY = "reference", "proxy"
 WEIGHTS_GIN, WEIGHTS_JSON, WEIGHTS_PNG = ("domain_weights.gin", "domain_weights.json",
@@ -62,34 +71,34 @@ def doremi(model_dir: str = gin.REQUIRED,
            config: Config = Config(),
            eta: float = 1.0,
            smoothing: float = 1e-3,
-           z_loss: float = 1e-4,
            seed: int = 0,
-           fsdp: bool = False,
            log_period: int = 10,
-           max_consecutive_skips: int = 20,
            mesh: Optional[jax.sharding.Mesh] = None) -> Optional[Result]:
   """DoReMi's domain weights for `mixture` (its leaf tasks are the domains), in model_dir.
 
   The reference: `reference` (a run folder) if given, else train() on the mixture as registered,
   for reference_steps, in model_dir/reference (train's gin bindings: BATCH_SIZE, optimizer, ...;
   resumed or reused there). The proxy: `config` (the same architecture unless gin binds another)
-  for proxy_steps at batch_size, with DoReMi's step size eta and smoothing c; resumed from its
-  latest checkpoint. Returns None when stopped early (SIGTERM / SIGINT): run again to resume.
+  for proxy_steps at batch_size, with DoReMi's step size eta and smoothing c, logging every
+  log_period steps; resumed from its latest checkpoint. Both share train()'s StepConfig (z_loss,
+  fsdp) and LoopConfig (max_consecutive_skips). Returns None when stopped early (SIGTERM /
+  SIGINT): run again to resume.
   """
-  train.check_required("doremi", REQUIRED_MACROS, "use --gin_file=runs/doremi.gin and set it on "
+  check_required("doremi", REQUIRED_MACROS, "use --gin_file=runs/doremi.gin and set it on "
                        "the command line", model_dir=model_dir, mixture=mixture,
                        reference_steps=reference_steps, proxy_steps=proxy_steps,
                        batch_size=batch_size, task_feature_lengths=task_feature_lengths)
-  from t5lite.data.sources import sources  # pylint: disable=g-import-not-at-top
-  from t5lite.data.feed import streams  # pylint: disable=g-import-not-at-top
-  from t5lite.data.tasks import registry as tasks  # pylint: disable=g-import-not-at-top
+  step = StepConfig()
+  if step.microbatches != 1:
+    raise ValueError(f"StepConfig.microbatches={step.microbatches}: the DoReMi proxy has no "
+                     "gradient accumulation; bind it to 1 (or lower DOREMI_BATCH_SIZE)")
   cache_dir = sources.Sources().cache_dir
   if not cache_dir:
     raise ValueError("t5lite doremi reads the token cache: set DATA_CACHE_DIR (gin) to a cache "
                      f"folder (`t5lite cache {mixture} --output DIR` builds it, or "
                      "Sources.build_missing_cache = True builds it on first use)")
   tasks.register_all()
-  baseline = _domains(mixture, task_feature_lengths, config, tasks)
+  baseline = _domains(mixture, task_feature_lengths, config)
   mesh = mesh or partitioning.make_mesh()
   if batch_size % mesh.shape["data"] or batch_size % jax.process_count():
     raise ValueError(f"doremi.batch_size {batch_size} does not fit the devices: it must divide "
@@ -98,7 +107,7 @@ def doremi(model_dir: str = gin.REQUIRED,
   if eta <= 0 or not 0 <= smoothing <= 1:
     raise ValueError(f"doremi.eta = {eta}, doremi.smoothing = {smoothing}: expected eta > 0 and "
                      "0 <= smoothing <= 1")
-  run_dir = runs.RunDir(model_dir)
+  run_dir = RunDir(model_dir)
   reference_path = _reference(run_dir, reference, mixture, reference_steps, mesh)
   if reference_path is None:
     return None
@@ -106,20 +115,13 @@ def doremi(model_dir: str = gin.REQUIRED,
                                    [(task, 1.0) for task in baseline]).name
   if jax.process_index() == 0:
     streams.ensure_cache(mixture)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("t5lite doremi: data cache ready")
-  proxy_dir = runs.RunDir(run_dir.file(PROXY))
-  run_lock = train.lock_run(proxy_dir)
-  try:
-    with partitioning.activate(mesh, fsdp):
-      state, names = _proxy(proxy_dir, reference_path, uniform, proxy_steps, batch_size,
-                            task_feature_lengths, config, eta, smoothing, z_loss, seed, fsdp,
-                            log_period, max_consecutive_skips, mesh,
-                            streams.cache_dir(sources.Sources()))
-  finally:
-    if run_lock is not None:
-      run_lock.release()
+  loop_lib.sync("data cache ready")
+  loop = dataclasses.replace(LoopConfig(), log_period=log_period)
+  with (loop_lib.Session(RunDir(run_dir.file(PROXY)), "the DoReMi proxy") as session,
+        partitioning.activate(mesh, step.fsdp)):
+    state, names = _proxy(session, reference_path, uniform, proxy_steps, batch_size,
+                          task_feature_lengths, config, eta, smoothing, step, loop, seed, mesh,
+                          streams.cache_dir(sources.Sources()))
   steps = int(jax.device_get(state.step))
   if steps < proxy_steps:
     return None
@@ -127,21 +129,20 @@ def doremi(model_dir: str = gin.REQUIRED,
   result = Result(mixture, {n: float(w) for n, w in zip(names, average)},
                   {n: baseline[n] for n in names}, steps, run_dir.file(WEIGHTS_GIN))
   if jax.process_index() == 0:
-    write_outputs(run_dir, result, reference_path, eta, smoothing, proxy_dir.metrics)
+    write_outputs(run_dir, result, reference_path, eta, smoothing,
+                  RunDir(run_dir.file(PROXY)).metrics)
   return result
 
 
-def _domains(mixture: str, lengths: Mapping[str, int], config: Config, tasks) -> dict[str, float]:
+def _domains(mixture: str, lengths: Mapping[str, int], config: Config) -> dict[str, float]:
   """{task: normalised rate} of a mixture of >= 2 tasks sharing one vocabulary; ValueError
   otherwise."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  if not isinstance(tasks.get_task_or_mixture(mixture), seqio.Mixture):
+  if not tasks.is_mixture(mixture):
     raise ValueError(f"DOREMI_MIXTURE {mixture!r} is a task; DoReMi weighs the tasks of a "
                      "mixture (register_all.mixtures = {'name': [('task_a', 1.0), ...]})")
   leaves = tasks.leaf_tasks(mixture)
   if len(leaves) < 2:
     raise ValueError(f"mixture {mixture!r} has {len(leaves)} task; DoReMi needs >= 2 domains")
-  from t5lite.data.cache import format as cache  # pylint: disable=g-import-not-at-top
   vocabularies = {task.name: task.output_features["targets"].vocabulary for task, _ in leaves}
   kinds = {n: cache.vocabulary_fingerprint(v)["sha256"] for n, v in vocabularies.items()}
   if len(set(kinds.values())) > 1:
@@ -155,7 +156,7 @@ def _domains(mixture: str, lengths: Mapping[str, int], config: Config, tasks) ->
   return {task.name: float(rate) for task, rate in leaves}
 
 
-def _reference(run_dir: runs.RunDir, reference: Optional[str], mixture: str, steps: int,
+def _reference(run_dir: RunDir, reference: Optional[str], mixture: str, steps: int,
                mesh) -> Optional[str]:
   """The reference run folder: `reference` as given, else model_dir/reference trained (or
   resumed) up to `steps` with train(), or reused when it has reached them; None when its
@@ -166,7 +167,7 @@ def _reference(run_dir: runs.RunDir, reference: Optional[str], mixture: str, ste
     if chief:
       print(f"t5lite doremi: reference model {reference}", flush=True)
     return reference
-  ref_dir = runs.RunDir(run_dir.file(REFERENCE))
+  ref_dir = RunDir(run_dir.file(REFERENCE))
   done = ref_dir.checkpoint_steps()
   if done and done[-1] >= steps:
     if chief:
@@ -176,44 +177,36 @@ def _reference(run_dir: runs.RunDir, reference: Optional[str], mixture: str, ste
   if chief:
     print(f"t5lite doremi: training the reference model on {mixture!r} at its rates, "
           f"{steps} steps -> {ref_dir.path}", flush=True)
-  train.train(model_dir=ref_dir.path, train_steps=steps, mixture_or_task_name=mixture, mesh=mesh)
+  train.train(model_dir=ref_dir.path, train_steps=steps, mesh=mesh,
+              data=dataclasses.replace(DataConfig(), mixture_or_task_name=mixture))
   if ref_dir.checkpoint_steps()[-1:] != [steps]:
     return None  # stopped on request (SIGTERM / SIGINT): train() said so and saved
   return ref_dir.path
 
 
-def _proxy(proxy_dir: runs.RunDir, reference_path: str, uniform: str, proxy_steps: int,
-           batch_size: int, lengths, config: Config, eta: float, smoothing: float, z_loss: float,
-           seed: int, fsdp: bool, log_period: int, max_skips: int, mesh, cache_dir: str):
+def _proxy(session: loop_lib.Session, reference_path: str, uniform: str, proxy_steps: int,
+           batch_size: int, lengths, config: Config, eta: float, smoothing: float,
+           step: StepConfig, loop: LoopConfig, seed: int, mesh, cache_dir: str):
   """The proxy's loop (train._train's shape): (final DoremiState, domain names in α's order)."""
-  from t5lite.data.feed import indexed  # pylint: disable=g-import-not-at-top
-  chief = jax.process_index() == 0
   stream = indexed.IndexedStream(uniform, lengths, batch_size, cache_dir, seed=seed,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count(), task_ids=True)
   names = [t.name for t in stream.tasks]
   schedule = optim.learning_rate_schedule()
   tx = optim.make_optimizer(schedule=schedule)
-  base, base_shardings, model = train.create_train_state(config, tx, mesh, seed, fsdp)
+  base, base_shardings, model = create_train_state(config, tx, mesh, seed, step.fsdp)
   shardings = doremi_lib.state_shardings(base_shardings, mesh)
   state = jax.device_put(doremi_lib.new_state(base, len(names)), shardings)
-  reference_abstract = runs.abstract_params(config, mesh, fsdp)
+  reference_abstract = abstract_params(config, mesh, step.fsdp)
   reference_params = checkpoints.restore_params(reference_path, reference_abstract)
-  ckpt = checkpoints.Checkpointer(proxy_dir.checkpoints)
-  start, data_state = ckpt.latest_step(), None
-  if start is not None:  # resume: parameters, optimizer, α, Σα, λ and the data position
-    state, data_state = ckpt.restore(start, train.abstract_state(state, shardings))
-    if chief:
-      print(f"t5lite doremi: resumed the proxy from {ckpt.directory}/{start}", flush=True)
+  # Resume: parameters, optimizer, α, Σα, λ and the data position.
+  state, data_state = session.resume(state, shardings)
   start = int(jax.device_get(state.step))
+  session.start(start)
   data = (stream.iterator(state=data_state) if data_state else stream.iterator(start))
-  writer = metrics_writer.MetricsWriter(proxy_dir, enabled=chief)
-  if chief:
-    proxy_dir.write_config(gin.operative_config_str())
-    writer.drop_after(start)
   step_fn = doremi_lib.jit_doremi_step(
       model, model, tx, schedule, shardings,
-      jax.tree.map(lambda a: a.sharding, reference_abstract), mesh, z_loss=z_loss, eta=eta,
+      jax.tree.map(lambda a: a.sharding, reference_abstract), mesh, z_loss=step.z_loss, eta=eta,
       smoothing=smoothing, dropout_seed=seed)
   step_with_reference = lambda state, batch: step_fn(state, reference_params, batch)  # noqa: E731
 
@@ -221,18 +214,8 @@ def _proxy(proxy_dir: runs.RunDir, reference_path: str, uniform: str, proxy_step
     rates = {} if rate is None else {"steps_per_s": rate, "examples_per_s": rate * batch_size}
     return {**scalars(metrics, names), **rates}
 
-  state, step, diverged = train.run_steps(step_with_reference, state, data, data.get_state, ckpt,
-                                          writer, start, proxy_steps, mesh, log_period, max_skips,
-                                          log_values)
-  if diverged is not None:
-    raise train.DivergedError(
-        f"the DoReMi proxy diverged: {int(diverged[1]['consecutive'])} non-finite steps in a row "
-        f"up to step {diverged[0]} (first bad step {int(diverged[1]['first_bad'])}); lower the "
-        f"learning rate, then rerun to resume from {ckpt.directory}")
-  if step < proxy_steps and chief:
-    print(f"t5lite doremi: stopped at proxy step {step} on request; checkpoint saved. Run the "
-          "same command again to resume.", flush=True)
-  writer.finish()
+  state = session.run(step_with_reference, state, data, data.get_state, start, proxy_steps, mesh,
+                      loop, log_values)
   return state, names
 
 
@@ -273,7 +256,7 @@ def weights_gin(result: Result, reference: str, eta: float, smoothing: float) ->
   return "\n".join(lines) + "\n"
 
 
-def write_outputs(run_dir: runs.RunDir, result: Result, reference: str, eta: float,
+def write_outputs(run_dir: RunDir, result: Result, reference: str, eta: float,
                   smoothing: float, metrics_path: str) -> None:
   files.write_text(run_dir.file(WEIGHTS_GIN), weights_gin(result, reference, eta, smoothing))
   summary = {"mixture": result.mixture, "weights": result.weights, "baseline": result.baseline,
@@ -285,7 +268,7 @@ def write_outputs(run_dir: runs.RunDir, result: Result, reference: str, eta: flo
 def write_weights_plot(metrics_path: str, png_path: str, result: Result) -> bool:
   """α_t (thin) and its running average (thick) per domain over the proxy's logged steps, the
   baseline rates dotted; False when nothing was logged."""
-  records = [r for r in metrics_writer.read_metrics(metrics_path) if r.get("split") == "train"]
+  records = [r for r in read_metrics(metrics_path) if r.get("split") == "train"]
   if not records:
     return False
   import matplotlib  # pylint: disable=g-import-not-at-top

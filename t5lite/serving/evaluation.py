@@ -16,7 +16,8 @@ from t5lite.serving import inference
 from t5lite.model import losses
 from t5lite.runtime import partitioning
 from t5lite.data.vocab.sentencepiece import detokenize
-from t5lite.serving.run import Run, RunDir
+from t5lite.serving.run import Run
+from t5lite.store.run_dir import RunDir
 
 
 def loss_and_accuracy(eval_fn, params, name: str, task_feature_lengths: Mapping[str, int],

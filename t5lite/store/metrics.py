@@ -9,7 +9,7 @@ from typing import Optional
 import tqdm
 
 from t5lite import files
-from t5lite.serving.run import RunDir
+from t5lite.store.run_dir import RunDir
 
 
 class MetricsWriter:

@@ -3,7 +3,7 @@ time for a TPU topology (libtpu's compiler runs on any CPU machine) or for N emu
 
   plan = planner.plan(planner.target("v5e:2x2"), **planner.train_arguments())
 
-The step is train.train_program's (the jitted train_step with its shardings and donated state,
+The step is training/step.train_program's (the jitted train_step with its shardings and donated state,
 from ShapeDtypeStructs: nothing is allocated), on a mesh of the topology's devices shaped by gin's
 make_mesh.mesh_shape. XLA then reports per-device memory (memory_analysis), FLOPs
 (cost_analysis) and the compiled HLO, whose collectives are counted.
@@ -34,14 +34,15 @@ import re
 import time
 from typing import Any, Mapping, Optional
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5lite.runtime import partitioning
-from t5lite.training import train
 from t5lite.model.config import Config, flops_per_example
+from t5lite.runtime import devices, partitioning
+from t5lite.training import train
+from t5lite.training.settings import HINT, DataConfig, StepConfig, check_required
+from t5lite.training.step import train_program
 
 TOPOLOGY_EXAMPLES = ("v4:2x2x1", "v5e:2x2", "v5e:4x4", "v5p:2x2x1", "v6e:2x2", "cpu:8")
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
@@ -115,7 +116,7 @@ def _cpu_target(name: str, count: str) -> Target:
     raise ValueError(_bad_topology(name, "cpu:N needs a positive device count"))
   n = int(count)
   if not jax._src.xla_bridge.backends_are_initialized():  # pylint: disable=protected-access
-    partitioning.emulate_cpu_devices(n)  # else the first n of the devices jax has
+    devices.emulate_cpu_devices(n)  # else the first n of the devices jax has
   devices = jax.devices("cpu")
   if len(devices) < n:
     raise ValueError(f"--topology {name}: jax already started with {len(devices)} CPU devices; "
@@ -152,16 +153,18 @@ def parse_size(text: str) -> int:
 
 
 def train_arguments() -> dict[str, Any]:
-  """The step-shaping arguments of train() as gin binds them now (config, lengths, batch,
+  """The step-shaping settings of train() as gin binds them now (config, lengths, batch,
   microbatches, fsdp, z_loss, seed); the macros a plan needs must be set."""
-  args = train.bound_arguments()
-  for name in ("batch_size", "task_feature_lengths"):
-    if args[name] is gin.REQUIRED:
-      macro = train.REQUIRED_MACROS[name]
-      raise ValueError(f"required gin macro not set: {macro} (train.{name}); set it in a gin "
-                       f"file or on the command line, e.g. --gin.{macro}=...")
-  keys = ("config", "task_feature_lengths", "batch_size", "z_loss", "microbatches", "fsdp", "seed")
-  return {k: args[k] for k in keys}
+  bound = train.bound_settings()
+  data, step = bound["data"], bound["step"]
+  check_required("DataConfig", {k: DataConfig.MACROS[k] for k in PLAN_NEEDS}, HINT,
+                 **{k: getattr(data, k) for k in PLAN_NEEDS})
+  return {"config": bound["config"], "task_feature_lengths": data.task_feature_lengths,
+          "batch_size": data.batch_size, "z_loss": step.z_loss,
+          "microbatches": step.microbatches, "fsdp": step.fsdp, "seed": bound["seed"]}
+
+
+PLAN_NEEDS = ("batch_size", "task_feature_lengths")
 
 
 @dataclasses.dataclass
@@ -234,10 +237,10 @@ class Plan:
     if self.config.remat_policy != "full":  # minimal / save_attn_mlp_outputs keep more
       knobs.append("rematerialisation (--gin.Config.remat_policy=\"'full'\", or 'minimal')")
     if not self.fsdp and self.mesh["data"] > 1:
-      knobs.append("FSDP (--gin.train.fsdp=True)")
+      knobs.append("FSDP (--gin.StepConfig.fsdp=True)")
     per_data = self.batch_size // self.mesh["data"]
     if per_data % (2 * self.microbatches) == 0:
-      knobs.append(f"gradient accumulation (--gin.train.microbatches={2 * self.microbatches})")
+      knobs.append(f"gradient accumulation (--gin.StepConfig.microbatches={2 * self.microbatches})")
     model = [m for m in (2, 4, 8, 16) if m > self.mesh["model"] and self.devices % m == 0
              and self.config.num_heads % m == 0]
     if model:
@@ -308,8 +311,9 @@ def plan(where: Target, *, config: Config, task_feature_lengths: Mapping[str, in
   mesh = partitioning.make_mesh(devices=where.devices)
   t0 = time.perf_counter()
   with partitioning.activate(mesh, fsdp):
-    program = train.train_program(config, mesh, task_feature_lengths, batch_size, z_loss=z_loss,
-                                  microbatches=microbatches, fsdp=fsdp, seed=seed)
+    program = train_program(
+        config, mesh, DataConfig(None, dict(task_feature_lengths), batch_size),
+        StepConfig(z_loss=z_loss, microbatches=microbatches, fsdp=fsdp), seed=seed)
     traced = program.step_fn.trace(program.abstract_state, program.abstract_batch)
     lowered = traced.lower()
   trace_s = time.perf_counter() - t0

@@ -36,14 +36,11 @@ import numpy as np
 import seqio
 
 from t5lite.data.cache import format as cache_lib
+from t5lite.data.feed.features import FEATURES, TASK_IDS
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "t5lite.indexed/1"
 RATE_SCALE = 1 << 20  # mixture rates become integer weights with this resolution
-FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
-            "decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
-            "decoder_segment_ids", "decoder_positions")
-TASK_IDS = "decoder_task_ids"  # optional (task_ids=True): task index + 1 per target token
 
 
 class Objective(Protocol):

@@ -34,16 +34,3 @@ def get_dataset(name: str, task_feature_lengths: Mapping[str, int], batch_size: 
   if start_batch:
     ds = ds.skip(start_batch)
   return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def batch_shapes(task_feature_lengths: Mapping[str, int], batch_size: int, pack: bool = True
-                 ) -> dict[str, tuple[tuple[int, int], np.dtype]]:
-  """{feature: ([batch_size, length], dtype)} of the batches get_dataset yields (global
-  batch_size), from seqio's EncDecFeatureConverter itself: the model features and, when packed,
-  the segment ids and positions."""
-  converter = seqio.EncDecFeatureConverter(pack=pack)
-  dtypes = {k: spec.dtype for k, spec in converter.MODEL_FEATURES.items()}
-  if pack:
-    dtypes.update(converter.PACKING_FEATURE_DTYPES)
-  lengths = converter.get_model_feature_lengths(dict(task_feature_lengths))
-  return {k: ((batch_size, lengths[k]), np.dtype(dtypes[k].as_numpy_dtype)) for k in lengths}

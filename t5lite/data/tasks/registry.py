@@ -220,6 +220,11 @@ def get_task_or_mixture(name: str) -> Union[seqio.Task, seqio.Mixture]:
       f"{sorted(seqio.TaskRegistry.names())}; mixtures: {sorted(seqio.MixtureRegistry.names())}")
 
 
+def is_mixture(name: str) -> bool:
+  """Whether `name` is a registered mixture (a task otherwise; unknown names raise)."""
+  return isinstance(get_task_or_mixture(name), seqio.Mixture)
+
+
 # ----------------------------------------------------------------------------- what tasks need
 
 
