@@ -19,7 +19,7 @@ numbers mean nothing there:
 Models: gin_configs/models/t5_1_1/{tiny,small,base,large,xl}.gin with bf16 activations and float32
 parameters (runs/pretrain.gin's dtype).
 
-t5lite: train.train_program (the step train() runs: explicit shardings, donated state) on a
+t5lite: train_step_lib.train_program (the step train() runs: explicit shardings, donated state) on a
 ('data', 'model') mesh of all devices (--mesh, -1 fills), init_state, then --warmup steps and
 --steps timed steps, each synchronous. The optimizer is T5's Adafactor with the rsqrt schedule
 (optim.py's defaults), or AdamW. Batches are random but valid packed batches
@@ -97,6 +97,8 @@ def packed_batch(rng: np.random.Generator, batch: int, inputs: int, targets: int
 
 def peak_flops(device_name: str):
   from t5lite.training import train  # pylint: disable=g-import-not-at-top
+  from t5lite.training import state as train_state
+  from t5lite.training import step as train_step_lib
   name = device_name.lower()
   return next((peak for key, peak in train.PEAK_FLOPS.items() if key in name), None)
 
@@ -117,9 +119,9 @@ def run_t5lite(args, name: str) -> dict:
   assert {k: (v.shape, v.dtype) for k, v in batches[0].items()} == expected
   gin.bind_parameter("make_optimizer.name", args.optimizer)  # otherwise optim.py's defaults
   with partitioning.activate(mesh):
-    program = train.train_program(config, mesh, lengths, args.batch,
+    program = train_step_lib.train_program(config, mesh, lengths, args.batch,
                                   microbatches=args.microbatches)
-    state = train.init_state(program.model, program.tx, program.shardings, seed=0)
+    state = train_state.init_state(program.model, program.tx, program.shardings, seed=0)
     device_batches = [partitioning.host_to_global(b, mesh) for b in batches]
     t0 = time.perf_counter()
     step = program.step_fn.lower(state, device_batches[0]).compile()

@@ -9,13 +9,13 @@ Needs libtpu (pip install libtpu==0.0.42.1); no TPU: XLA:TPU compiles ahead of t
 bytes. Every input is a ShapeDtypeStruct (no array may exist while the topology mesh is active).
 Each case compiles loss = sum(attention output) and its gradient, bf16 activations, padded
 batches (the valid lengths are inputs, so nothing is specialised to them):
-- isolated: the attention alone (t5lite.attention.dot_product_attention: jax's XLA attention
+- isolated: the attention alone (t5lite.kernels.dot_product_attention: jax's XLA attention
   vs the Pallas kernel), self-attention with a [1, H, L, L] bias, gradients wrt q, k, v, bias;
   isolated_nobias: the same without a bias.
-- encoder / decoder / cross: one layers.Attention (projections included; 'xla' is t5lite's own
+- encoder / decoder / cross: one attention.Attention (projections included; 'xla' is t5lite's own
   path) as T5 1.1 uses it: bidirectional with the relative bias; causal, packed, with the bias;
   cross without a bias. Gradients wrt the parameters, the inputs and the bias.
-- model: the whole T5 1.1 base train step (train.train_step, Adafactor, a packed batch;
+- model: the whole T5 1.1 base train step (train_step_lib.train_step, Adafactor, a packed batch;
   Q:K are the inputs:targets lengths, --heads/--head_dim are ignored). Slow to compile.
 """
 from __future__ import annotations
@@ -38,8 +38,10 @@ import numpy as np  # pylint: disable=wrong-import-position
 from jax.experimental import topologies  # pylint: disable=wrong-import-position
 from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=wrong-import-position
 
-from t5lite.model import kernels as attention, layers  # pylint: disable=C0413
+from t5lite.model import attention, kernels, masks  # pylint: disable=C0413
 from t5lite.training import optim, train  # pylint: disable=C0413
+from t5lite.training import state as train_state
+from t5lite.training import step as train_step_lib
 from t5lite.runtime import partitioning  # pylint: disable=C0413
 from t5lite.model.config import Config  # pylint: disable=wrong-import-position
 from t5lite.model.network import EncoderDecoder  # pylint: disable=wrong-import-position
@@ -59,14 +61,14 @@ def _masks(kind: str, kernel: str, q_valid, kv_valid, q_seg, kv_seg):
   causal = kind == "decoder"
   if kind != "decoder":  # packing only in the decoder case
     q_seg = kv_seg = None
-  return attention.make_mask(kernel, q_valid, kv_valid, q_seg, kv_seg, causal)
+  return masks.make_mask(kernel, q_valid, kv_valid, q_seg, kv_seg, causal)
 
 
 def isolated(kernel: str, mesh, B: int, H: int, D: int, Q: int, K: int, dtype, with_bias: bool):
   """f(inputs) -> loss and gradients wrt q, k, v (and the bias); and the abstract inputs."""
   def loss(q, k, v, bias, q_valid, kv_valid):
-    mask = attention.SegmentMask(q_valid, kv_valid)
-    return jnp.sum(attention.dot_product_attention(q, k, v, bias, mask, kernel).astype(jnp.float32))
+    mask = masks.SegmentMask(q_valid, kv_valid)
+    return jnp.sum(kernels.dot_product_attention(q, k, v, bias, mask, kernel).astype(jnp.float32))
   qkv = P("data", None, "model", None)
   args = (_sds((B, Q, H, D), dtype, mesh, qkv), _sds((B, K, H, D), dtype, mesh, qkv),
           _sds((B, K, H, D), dtype, mesh, qkv),
@@ -76,10 +78,10 @@ def isolated(kernel: str, mesh, B: int, H: int, D: int, Q: int, K: int, dtype, w
 
 
 def layer(kind: str, kernel: str, mesh, B: int, H: int, D: int, Q: int, K: int, dtype):
-  """One layers.Attention as T5 1.1 base uses it; loss and gradients wrt params, inputs, bias."""
+  """One attention.Attention as T5 1.1 base uses it; loss and gradients wrt params, inputs, bias."""
   cfg = Config(num_heads=H, head_dim=D, emb_dim=H * D, dtype=jnp.dtype(dtype).name,
                attention_kernel=kernel)
-  module = layers.Attention(cfg, cross=kind == "cross")
+  module = attention.Attention(cfg, cross=kind == "cross")
   E = cfg.emb_dim
   with_bias = kind != "cross"
   key = jax.eval_shape(jax.random.key, 0)
@@ -113,18 +115,18 @@ def train_step(kernel: str, mesh, B: int, I: int, T: int):
   param_shardings = partitioning.logical_shardings(boxed, mesh)
   params = partitioning.raw_values(boxed)
   opt = jax.eval_shape(tx.init, params)
-  shardings = train.TrainState(
+  shardings = train_state.TrainState(
       step=partitioning.replicated(mesh), params=param_shardings,
       opt_state=partitioning.match_shardings(opt, params, param_shardings, mesh))
   state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                       train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                       train_state.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                                         opt_state=opt), shardings)
   rows = P("data")
   batch = {name: _sds((B, L), jnp.int32, mesh, rows) for name, L in (
       ("encoder_input_tokens", I), ("encoder_segment_ids", I), ("decoder_input_tokens", T),
       ("decoder_target_tokens", T), ("decoder_segment_ids", T))}
   batch["decoder_loss_weights"] = _sds((B, T), jnp.float32, mesh, rows)
-  step = functools.partial(train.train_step, model=model, tx=tx,
+  step = functools.partial(train_step_lib.train_step, model=model, tx=tx,
                            schedule=optim.learning_rate_schedule("constant"), z_loss=1e-4)
   return step, (state, batch)
 

@@ -6,7 +6,7 @@
 
 Each measurement runs in a spawned process of its own (no compile cache shared between them):
 the abstract TrainState (jax.eval_shape of the init, shardings from the logical-axis rules, as
-train.create_train_state builds them), then train.train_step jitted with those shardings and a
+train_state.create_train_state builds them), then train_step_lib.train_step jitted with those shardings and a
 donated state, lowered with ShapeDtypeStruct inputs only (nothing is allocated) and compiled.
 "trace+lower s" is jit(...).lower(...), "compile s" is .compile() (wall; "compile CPU s" the
 process CPU time of it, less sensitive to a shared machine's load); "HLO ops" counts the lowered
@@ -40,6 +40,8 @@ def measure(model: str, scan: bool, remat: str, mesh_shape: tuple, batch: int, l
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from t5lite.training import optim, train  # pylint: disable=g-import-not-at-top
+  from t5lite.training import state as train_state
+  from t5lite.training import step as train_step_lib
   from t5lite.runtime import partitioning  # pylint: disable=g-import-not-at-top
   from t5lite.model.config import Config  # pylint: disable=g-import-not-at-top
   from t5lite.model.network import EncoderDecoder  # pylint: disable=g-import-not-at-top
@@ -52,13 +54,13 @@ def measure(model: str, scan: bool, remat: str, mesh_shape: tuple, batch: int, l
   t0 = time.perf_counter()
   with partitioning.activate(mesh):
     net = EncoderDecoder(config)
-    state, shardings = train.state_shardings(config, tx, mesh)
+    state, shardings = train_state.state_shardings(config, tx, mesh)
     batch_shard = partitioning.batch_sharding(mesh)
     feats = {"encoder_input_tokens": (batch, li), "decoder_input_tokens": (batch, lt),
              "decoder_target_tokens": (batch, lt), "decoder_loss_weights": (batch, lt)}
     abstract_batch = {k: jax.ShapeDtypeStruct(s, jnp.float32 if "weights" in k else jnp.int32,
                                               sharding=batch_shard) for k, s in feats.items()}
-    step_fn = train.jit_train_step(net, tx, schedule, shardings, mesh, z_loss=1e-4)
+    step_fn = train_step_lib.jit_train_step(net, tx, schedule, shardings, mesh, z_loss=1e-4)
     t1 = time.perf_counter()
     lowered = step_fn.lower(state, abstract_batch)
     t2, c2 = time.perf_counter(), time.process_time()

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5lite import testing
 from t5lite.serving import decoding
 from t5lite.model.config import Config
 from t5lite.model.network import EncoderDecoder
@@ -40,7 +41,7 @@ def bench(name: str, batch: int, inputs: int, decode: int) -> list[dict]:
   n_params = sum(x.size for x in jax.tree.leaves(params))
   rows, outputs = [], {}
   for label, fn in (("cached", decoding.greedy_decode),
-                    ("uncached", decoding.uncached_greedy_decode)):
+                    ("uncached", testing.uncached_greedy_decode)):
     t0 = time.perf_counter()
     compiled = fn.lower(model, params, tokens, decode).compile()
     compile_s = time.perf_counter() - t0

@@ -54,6 +54,8 @@ import numpy as np
 
 from t5lite.convert import hf
 from t5lite.training import optim, train
+from t5lite.training import state as train_state
+from t5lite.training import step as train_step_lib
 from t5lite.runtime import partitioning
 from t5lite.model.config import Config, flops_per_example
 
@@ -181,10 +183,10 @@ def t5lite_runner(config: Config, batch_np: dict) -> tuple[Runner, dict]:
   with partitioning.activate(mesh):
     schedule = optim.learning_rate_schedule("constant", peak=LR)
     tx = optim.make_optimizer("adamw", schedule=schedule)
-    state, shardings, model = train.create_train_state(config, tx, mesh, seed=0)
+    state, shardings, model = train_state.create_train_state(config, tx, mesh, seed=0)
     init_params = jax.tree.map(lambda x: np.array(x, copy=True), state.params)
     step_fn = jax.jit(
-        functools.partial(train.train_step, model=model, tx=tx, schedule=schedule, z_loss=0.0),
+        functools.partial(train_step_lib.train_step, model=model, tx=tx, schedule=schedule, z_loss=0.0),
         in_shardings=(shardings, partitioning.batch_sharding(mesh)),
         out_shardings=(shardings, None), donate_argnums=(0,))
     batch = partitioning.host_to_global(batch_np, mesh)

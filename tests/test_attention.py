@@ -19,10 +19,11 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from t5lite.model import kernels as attention, losses
+from t5lite.model import kernels, losses, masks
 from t5lite.serving import decoding
 from t5lite.runtime import partitioning
 from t5lite.training import train
+from t5lite.training import state as train_state
 from t5lite.model.config import Config
 from t5lite.model.network import EncoderDecoder
 
@@ -56,7 +57,7 @@ def _inputs(q_len, k_len, with_bias, causal, packed, seed=0):
   if packed:  # two packed segments a row (self-attention: queries and keys are one sequence)
     q_seg = k_seg = jnp.asarray(np.where(np.arange(q_len) < q_len // 3, 1, 2)[None] * q_valid,
                                 jnp.int32)
-  mask = attention.SegmentMask(jnp.asarray(q_valid), jnp.asarray(k_valid), q_seg, k_seg, causal)
+  mask = masks.SegmentMask(jnp.asarray(q_valid), jnp.asarray(k_valid), q_seg, k_seg, causal)
   # The loss weighs only valid query rows, as the model's loss does (padding never reaches it).
   w = jnp.asarray(rng.normal(size=(B, q_len, H, D)) * q_valid[:, :, None, None], jnp.float32)
   return (q, k, v, bias), mask, w
@@ -65,7 +66,7 @@ def _inputs(q_len, k_len, with_bias, causal, packed, seed=0):
 def _run(kernel, args, mask, w, mesh):
   """(loss, gradients wrt q, k, v and the bias, outputs) of one jitted call on the mesh."""
   def loss(q, k, v, bias):
-    out = attention.dot_product_attention(q, k, v, bias, mask, kernel)
+    out = kernels.dot_product_attention(q, k, v, bias, mask, kernel)
     return jnp.sum(out * w), out
   argnums = (0, 1, 2, 3) if args[3] is not None else (0, 1, 2)
   qkv = NamedSharding(mesh, P("data", None, "model", None))
@@ -176,7 +177,7 @@ def test_t5_train_step_pallas_tpu_equals_xla():
   through the model's XLA attention and through pallas_tpu."""
   mesh = _mesh((4, 2))
   with partitioning.activate(mesh):
-    state, _, _ = train.create_train_state(TINY, optax.sgd(0.1), mesh, seed=0)
+    state, _, _ = train_state.create_train_state(TINY, optax.sgd(0.1), mesh, seed=0)
     batch = partitioning.host_to_global(_packed_batch(), mesh)
     out = {}
     for kernel in ("xla", "pallas_tpu"):
@@ -212,10 +213,10 @@ def test_errors():
     Config(attention_kernel="flash")
   args, mask, _ = _inputs(*CASES["encoder_bidirectional_bias_padding"])
   with pytest.raises(ValueError, match="attention kernel 'splash'; expected one of"):
-    attention.dot_product_attention(*args, mask, "splash")
+    kernels.dot_product_attention(*args, mask, "splash")
   bf16 = tuple(x.astype(jnp.bfloat16) for x in args)
   with pytest.raises(ValueError, match="'cudnn' needs a CUDA GPU; this run's devices are cpu"):
-    attention.dot_product_attention(*bf16, mask, "cudnn")
+    kernels.dot_product_attention(*bf16, mask, "cudnn")
   # Through the model (traced only: the errors come at trace time): cudnn on CPU, and attention
   # dropout while training with a fused kernel; evaluation (deterministic) is fine.
   tokens = jnp.ones((2, 8), jnp.int32)

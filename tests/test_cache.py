@@ -12,6 +12,8 @@ import tensorflow as tf
 
 from t5lite.data.cache import format as cache_lib
 from t5lite.data.cache import build as cache_build
+from t5lite.data.cache import keys, reader
+from t5lite.data.sources import json_lines
 from t5lite.data.tasks import registry as tasks
 from t5lite.data.vocab import sentencepiece as vocab
 from t5lite.data.sources.sources import Sources
@@ -70,14 +72,14 @@ def built(shards, t5_vocab_path, tmp_path_factory):
 
 
 def _streams(directory, metadata):
-  token_cache = cache_lib.TokenCache(directory, metadata)
+  token_cache = reader.TokenCache(directory, metadata)
   return [token_cache.read(f, [0], entry.tokens)[0] if entry.tokens else np.zeros([0], np.int32)
           for f, entry in enumerate(metadata.files)]
 
 
 def _tf_tokens(task, path):
   """seqio's own path: the source's tf.data reader + seqio.preprocessors.tokenize, per document."""
-  ds = task.source._reader(tf.constant(path))  # pylint: disable=protected-access
+  ds = json_lines.read_json_lines(tf.constant(path))
   ds = seqio.preprocessors.rekey(ds, key_map={"inputs": None, "targets": "text"})
   ds = seqio.preprocessors.tokenize(ds, task.output_features)
   return [ex["targets"] for ex in ds.as_numpy_iterator()]
@@ -95,7 +97,7 @@ def test_stream_equals_seqio_tokenization_and_counts(built, shards, register):
     assert entry.blocks == -(-entry.tokens // cache_lib.DEFAULT_BLOCK_TOKENS)
     assert entry.error is None and entry.skipped_records == 0
   assert metadata.tokens == 506135  # the sample's T5 tokens (shared/data/README.md)
-  assert metadata.dtype == "uint16" and metadata.key == cache_lib.cache_key(task, "train").as_json()
+  assert metadata.dtype == "uint16" and metadata.key == keys.cache_key(task, "train").as_json()
   on_disk = json.load(open(os.path.join(directory, "metadata.json")))
   assert on_disk["totals"] == {"tokens": 506135, "documents": 1000, "skipped_records": 0,
                                "bad_files": {}}
@@ -107,7 +109,7 @@ def test_pieces_equal_span_corruption_chunks(built, shards, register):
   128-document group."""
   directory, metadata = built
   task = register(shards)
-  ds = task.source._reader(tf.constant(shards[0]))  # pylint: disable=protected-access
+  ds = json_lines.read_json_lines(tf.constant(shards[0]))
   ds = seqio.preprocessors.rekey(ds, key_map={"inputs": None, "targets": "text"})
   ds = seqio.preprocessors.tokenize(ds, task.output_features)
   with seqio.utils.map_seed_manager(0):
@@ -116,7 +118,7 @@ def test_pieces_equal_span_corruption_chunks(built, shards, register):
   theirs = [ex["targets"] for ex in ds.as_numpy_iterator()]
   group_tokens = sum(len(d) for d in _tf_tokens(task, shards[0])[:128])
   full = group_tokens // 568
-  ours = cache_lib.TokenCache(directory, metadata).read(0, [j * 568 for j in range(full)], 568)
+  ours = reader.TokenCache(directory, metadata).read(0, [j * 568 for j in range(full)], 568)
   assert full > 50
   for a, b in zip(ours, theirs[:full]):
     np.testing.assert_array_equal(a, b)
@@ -191,7 +193,7 @@ def test_bad_files_and_records_are_skipped_and_counted(c4_lines, register, tmp_p
   assert entries[0].error is None and entries[0].documents == 10
   assert entries[1].error and entries[1].tokens == 0 and entries[1].cache == ""
   assert metadata.bad_files == {corrupt: entries[1].error}
-  assert entries[2].skipped == {"no_text": 2, "invalid_json": 2, "invalid_utf8": 1}
+  assert entries[2].skipped == {"no_text": 2, "invalid_json": 1, "invalid_utf8": 2}
   assert entries[2].skipped_records == 5 and entries[2].documents == 2
   vocabulary = task.output_features["targets"].vocabulary
   expected = np.concatenate([vocabulary.encode(json.loads(line)["text"]) for line in kept])
@@ -213,7 +215,7 @@ def test_source_without_examples_names_its_files(register, tmp_path):
 def test_missing_cache_names_the_command(shards, register, tmp_path):
   task = register(shards)
   with pytest.raises(FileNotFoundError) as e:
-    cache_lib.open_cache(TASK, task, "train", str(tmp_path))
+    reader.open_cache(TASK, task.name, keys.cache_key(task, "train"), "train", str(tmp_path))
   assert f"`t5lite cache {TASK} --output {tmp_path} --split train`" in str(e.value)
 
 
@@ -222,15 +224,15 @@ def test_other_vocabulary_is_never_used(built, shards, register, tmp_path):
   root = os.path.dirname(directory)
   other_vocab = vocab.train_vocabulary([shards[0]], str(tmp_path / "other.model"), vocab_size=500)
   other = register(shards, vocabulary_path=other_vocab)
-  assert cache_lib.cache_key(other, "train").name != os.path.basename(directory)
+  assert keys.cache_key(other, "train").name != os.path.basename(directory)
   with pytest.raises(FileNotFoundError, match="built from other files, steps or vocabulary"):
-    cache_lib.open_cache(TASK, other, "train", root)
+    reader.open_cache(TASK, other.name, keys.cache_key(other, "train"), "train", root)
   # A folder renamed to the other vocabulary's name is caught by its recorded key.
-  shutil.copytree(directory, os.path.join(root, cache_lib.cache_key(other, "train").name))
+  shutil.copytree(directory, os.path.join(root, keys.cache_key(other, "train").name))
   with pytest.raises(ValueError, match="was built for"):
-    cache_lib.open_cache(TASK, other, "train", root)
+    reader.open_cache(TASK, other.name, keys.cache_key(other, "train"), "train", root)
   t5 = register(shards)
-  assert cache_lib.open_cache(TASK, t5, "train", root).metadata.tokens == 506135
+  assert reader.open_cache(TASK, t5.name, keys.cache_key(t5, "train"), "train", root).metadata.tokens == 506135
 
 
 def test_cli_builds_with_gin_sources(shards, t5_vocab_path, tmp_path):
@@ -310,4 +312,4 @@ def test_remote_output_is_written_through_gfile(built, shards, register):
       assert f.read() == open(os.path.join(directory, entry.cache), "rb").read()
   assert not [p for p in tf.io.gfile.listdir(f"{root}/{name}") if ".tmp-" in p]
   with pytest.raises(ValueError, match="mount the bucket"):
-    cache_lib.TokenCache(f"{root}/{name}", metadata)
+    reader.TokenCache(f"{root}/{name}", metadata)

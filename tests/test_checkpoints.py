@@ -3,6 +3,7 @@ import jax
 import numpy as np
 import pytest
 
+from t5lite.training import state as train_state
 from t5lite.training import optim, train
 from t5lite.runtime import partitioning
 from t5lite.store.checkpoints import Checkpointer
@@ -15,7 +16,7 @@ TINY = Config(vocab_size=256, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
 def make_state(mesh, config=TINY, seed=0, fsdp=False):
   tx = optim.make_optimizer("adafactor", schedule=optim.learning_rate_schedule("constant"))
   with jax.set_mesh(mesh):
-    state, shardings, _ = train.create_train_state(config, tx, mesh, seed, fsdp)
+    state, shardings, _ = train_state.create_train_state(config, tx, mesh, seed, fsdp)
   return state, shardings
 
 
@@ -36,7 +37,7 @@ def test_save_restore_bit_exact_onto_any_mesh(tmp_path, restore_shape, fsdp):
   devices = jax.devices()[:int(np.prod(restore_shape))]
   mesh = partitioning.make_mesh(restore_shape, devices=devices)
   target, shardings = make_state(mesh, seed=2, fsdp=fsdp)  # different values, same shapes
-  restored, data = Checkpointer(tmp_path / "ckpt").restore(7, train.abstract_state(target, shardings))
+  restored, data = Checkpointer(tmp_path / "ckpt").restore(7, train_state.abstract_state(target, shardings))
   assert data == {"batches": 7}
   assert_trees_equal(restored, state)
   q = restored.params["encoder"]["layers_0"]["attention"]["query"]
@@ -75,7 +76,7 @@ def test_mismatched_model_names_the_parameters(tmp_path):
   other, shardings = make_state(partitioning.make_mesh((8, 1)),
                                 config=TINY.replace(mlp_dim=96, num_decoder_layers=3))
   with pytest.raises(ValueError) as e:
-    Checkpointer(tmp_path / "ckpt").restore(1, train.abstract_state(other, shardings))
+    Checkpointer(tmp_path / "ckpt").restore(1, train_state.abstract_state(other, shardings))
   msg = str(e.value)
   assert "does not fit the model" in msg
   assert "params/encoder/layers_0/mlp/wi_0: checkpoint has shape (32, 64), model expects (32, 96)" in msg

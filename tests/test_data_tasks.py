@@ -182,7 +182,7 @@ def test_source_macros_reach_every_task_family(run_config, c4_sample, t5_vocab_p
     for name in ("c4_json_span_corruption", "c4_json_bart_denoising", "c4_json_ul2_r_mean3_rate15"):
       assert tasks.get_task_or_mixture(name).source.list_shards("train") == [str(c4_sample)]
     bart = tasks.get_task_or_mixture("c4_json_bart_denoising").output_features["targets"]
-    assert str(bart.vocabulary._bpe_dir) == str(tmp_path)  # pylint: disable=protected-access
+    assert str(bart.vocabulary.bpe_dir) == str(tmp_path)
   finally:
     gin.clear_config()
     tasks.register_all()
@@ -193,7 +193,7 @@ def test_source_macros_reach_eval_on_a_run_folder(c4_sample, t5_vocab_path, tmp_
   from t5lite.serving import run as runs  # pylint: disable=g-import-not-at-top
   from t5lite.cli import common  # pylint: disable=g-import-not-at-top
   (tmp_path / "config.gin").write_text("VOCABULARY_PATH = '/old/spm.model'\n"
-                                       "train.mixture_or_task_name = 'c4_json_span_corruption'\n")
+                                       "DataConfig.mixture_or_task_name = 'c4_json_span_corruption'\n")
   try:
     common.parse_run_gin(RunDir(tmp_path), bindings=[
         f"VOCABULARY_PATH = '{t5_vocab_path}'", f"C4_JSON_FILES = '{c4_sample}'"])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from t5lite import testing
 from t5lite.serving import decoding
 from t5lite.runtime import partitioning
 from t5lite.model.config import Config
@@ -79,7 +80,7 @@ def test_cached_greedy_equals_uncached_loop(setup):
   model, params, boxed, tokens = setup
   cfg = model.config
   greedy = decoding.greedy_decode(model, boxed, tokens, L)
-  reference = decoding.uncached_greedy_decode(model, params, tokens, L)
+  reference = testing.uncached_greedy_decode(model, params, tokens, L)
   assert greedy.shape == (B, L) and greedy.dtype == jnp.int32
   np.testing.assert_array_equal(greedy, reference)
   eos = _eos_steps(greedy, cfg)

@@ -24,6 +24,7 @@ from t5lite.model import losses
 from t5lite.runtime import partitioning
 from t5lite.model.params import abstract_params
 from t5lite.training import train
+from t5lite.training import state as train_state
 from t5lite.store.checkpoints import Checkpointer
 from t5lite.cli import common
 from t5lite.model.config import Config
@@ -99,8 +100,8 @@ def test_doremi_step_on_the_mesh_follows_algorithm_1():
   config = _tiny_config()
   tx = optax.sgd(0.1)
   with partitioning.activate(mesh):
-    base, shardings, model = train.create_train_state(config, tx, mesh, seed=1)
-    ref_state, _, _ = train.create_train_state(config, tx, mesh, seed=2)
+    base, shardings, model = train_state.create_train_state(config, tx, mesh, seed=1)
+    ref_state, _, _ = train_state.create_train_state(config, tx, mesh, seed=2)
     state = jax.device_put(doremi.new_state(base, 3),
                            doremi.state_shardings(shardings, mesh))
     previous = jnp.array([0.0, 0.0, 0.4])
@@ -300,7 +301,7 @@ def test_packed_domain_losses_equal_example_by_example(domains, tmp_path):
   stream = indexed.IndexedStream(
       "three", {"inputs": 64, "targets": 24}, 16, Sources().cache_dir,
       examples_per_row=3, task_ids=True,
-      objective_factory=lambda task, lengths: noise.for_task(task, small))
+      objective_factory=lambda task, lengths: task.numpy(small))
   batch, stats = stream.batch_and_stats(2)
   assert stats["dropped"] == 0 and stats["examples"] == 48
   ids = batch[doremi.TASK_IDS]
@@ -397,9 +398,9 @@ def test_unset_required_macros_are_named():
       doremi.task_feature_lengths = {}
       train.model_dir = '/tmp/unused'
       train.train_steps = %gin.REQUIRED
-      train.mixture_or_task_name = 'demo_span_corruption'
-      train.task_feature_lengths = {}
-      train.batch_size = 8
+      DataConfig.mixture_or_task_name = 'demo_span_corruption'
+      DataConfig.task_feature_lengths = {}
+      DataConfig.batch_size = 8
   """)
   try:
     with pytest.raises(ValueError, match=r"MODEL_DIR \(doremi.model_dir\), DOREMI_MIXTURE "

@@ -81,7 +81,7 @@ def finetuned(tmp_path_factory, c4_sample):
       f"register_user_task.validation_files = '{validation_file}'",
       "make_optimizer.name = 'adamw'", "learning_rate_schedule.peak = 3e-3",
       f"Checkpointer.save_period = {SAVE_PERIOD}", "Checkpointer.async_save = False",
-      f"train.eval_period = {SAVE_PERIOD}", "train.eval_steps = 2", "train.log_period = 20"])
+      f"EvalConfig.period = {SAVE_PERIOD}", "EvalConfig.steps = 2", "LoopConfig.log_period = 20"])
   train.train(mesh=partitioning.make_mesh((4, 2)))
   cli("eval", f"--model_dir={model_dir}", "--all_checkpoints", "--num_examples=32",
       "--eval_steps=2")

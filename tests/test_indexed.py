@@ -301,7 +301,7 @@ def _strip(ids):
 
 
 def test_span_corruption_on_the_cache_keeps_t5s_statistics(cache_root):
-  """The real objective (data/noise.py) through the stream, 512/114 on the real C4 sample and
+  """The real objective (data/objectives/numpy_objectives.py) through the stream, 512/114 on the real C4 sample and
   vocabulary: lengths within bounds, density 0.15 +- 0.01, mean span 3.0 +- 0.15, and inputs +
   targets give back exactly the cached piece."""
   s = indexed.IndexedStream(TASK, LENGTHS, 16, cache_root, seed=3)
@@ -341,7 +341,7 @@ def test_ul2_and_bart_statistics_on_the_cache(cache_root, gpt2_bpe_dir, t5_vocab
   BART denoising (GPT-2 BPE: a second cache of the same source)."""
   import gin  # pylint: disable=g-import-not-at-top
   from t5lite.data import statistics  # pylint: disable=g-import-not-at-top
-  shards = seqio.get_mixture_or_task(TASK).source._split_to_filepattern["train"]  # pylint: disable=protected-access
+  shards = seqio.get_mixture_or_task(TASK).source.split_patterns("train")
   tasks.register_all(Sources(vocabulary_path=str(t5_vocab_path), c4_json_files=shards,
                              c4_json_validation_files=shards, gpt2_bpe_dir=str(gpt2_bpe_dir)))
   cache_build.build("c4_json_bart_denoising", cache_root, splits=["train"], echo=lambda s: None)

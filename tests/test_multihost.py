@@ -53,7 +53,7 @@ def test_two_processes_train_like_one():
   # Only process 0 writes metrics (losses() fails on a step logged twice), TensorBoard and
   # config.gin; both processes write the checkpoint (orbax: one ocdbt folder per process).
   assert len(list((two / "tb" / "train").iterdir())) == 1
-  assert "train.batch_size = %BATCH_SIZE" in (two / "config.gin").read_text()
+  assert "DataConfig.batch_size = %BATCH_SIZE" in (two / "config.gin").read_text()
   state = two / "checkpoints" / str(STEPS) / "state"
   assert (state / "ocdbt.process_0").is_dir() and (state / "ocdbt.process_1").is_dir()
   assert mh.checkpoint_steps(two) == [3, STEPS]

@@ -1,4 +1,5 @@
-"""numpy objectives (data/noise.py) against the TF preprocessors' definitions, on real C4 pieces."""
+"""NumPy objectives (data/objectives/numpy_objectives.py) against the TF preprocessors'
+definitions, on real C4 pieces."""
 import collections
 import gzip
 import json
@@ -14,6 +15,7 @@ import tensorflow as tf
 from t5lite.data.objectives import bart_noise
 from t5lite.data.tasks import finetune
 from t5lite.data.objectives import numpy_objectives as noise
+from t5lite.data.objectives import registry as objectives
 from t5lite.data.objectives import tf_objectives as obj
 from t5lite.data.objectives import tf_spans as sc
 from t5lite.data.tasks import registry as tasks
@@ -49,6 +51,11 @@ def gpt2(gpt2_bpe_dir):
 @pytest.fixture(scope="module")
 def gpt2_stream(docs, gpt2):
   return np.concatenate(gpt2.encode_batch(docs[:300])).astype(np.int32)
+
+
+def make(name, lengths, vocabulary, **params):
+  """The NumPy implementation of objective `name` (registry.py) at these lengths."""
+  return objectives.objective(name, **params).numpy(lengths, vocabulary)
 
 
 def pieces(stream, length, n):
@@ -114,7 +121,7 @@ def test_span_fast_path_equals_sentinel_functions(num_sentinels):
     for d, m in ((0.15, 3.0), (0.5, 3.0), (0.15, 64.0)):
       tokens = np.arange(10, 10 + n, dtype=np.int32)
       mask = noise.random_spans_noise_mask(n, d, m, noise.example_rng(7, n))
-      inputs, targets = noise._spans_noise(  # pylint: disable=protected-access
+      inputs, targets = noise._spans(  # pylint: disable=protected-access
           tokens, noise.example_rng(7, n), vocab_size=1000, num_sentinels=num_sentinels,
           noise_density=d, mean_noise_span_length=m,
           sentinels=noise.sentinel_ids(1000, 2, num_sentinels))  # the mask's draws; more spans
@@ -236,7 +243,7 @@ def test_example_rng_is_keyed_philox_and_sound():
 
 
 def test_determinism(t5, t5_stream):
-  objective = noise.Objective("span_corruption", SC_LENGTHS, t5)
+  objective = make("span_corruption", SC_LENGTHS, t5)
   piece = t5_stream[:objective.raw_length()]
   once = objective(piece, noise.example_rng(9, 123))
   again = objective(piece, noise.example_rng(9, 123))
@@ -258,7 +265,7 @@ def test_objectives_pickle(t5, gpt2):
   """grain's worker processes get the Objective pickled: the same examples come back."""
   tokens = np.arange(3, 1003, dtype=np.int32)
   for name, vocab in (("span_corruption", t5), ("bart_denoising", gpt2), ("prefix_lm", t5)):
-    objective = noise.Objective(name, {"inputs": 512, "targets": 512}, vocab)
+    objective = make(name, {"inputs": 512, "targets": 512}, vocab)
     clone = pickle.loads(pickle.dumps(objective))
     a, b = objective(tokens, noise.example_rng(0, 5)), clone(tokens, noise.example_rng(0, 5))
     np.testing.assert_array_equal(a["inputs"], b["inputs"])
@@ -267,7 +274,7 @@ def test_objectives_pickle(t5, gpt2):
 
 # --- span corruption and UL2 on real C4 --------------------------------------------------------
 def test_span_corruption_on_c4(t5, t5_stream):
-  objective = noise.Objective("span_corruption", SC_LENGTHS, t5)
+  objective = make("span_corruption", SC_LENGTHS, t5)
   assert objective.raw_length() == 568
   first_sentinel = t5.vocab_size - 1  # <extra_id_0> = 32099
   is_sentinel = lambda t: t > first_sentinel - 100
@@ -292,7 +299,7 @@ def test_span_corruption_on_c4(t5, t5_stream):
 
 def test_short_last_piece(t5, t5_stream):
   """The stream's last piece may be short: the TF definition's counts at its length."""
-  objective = noise.Objective("span_corruption", SC_LENGTHS, t5)
+  objective = make("span_corruption", SC_LENGTHS, t5)
   for n in (0, 1, 2, 5, 100, 567):
     ex = objective(t5_stream[:n], noise.example_rng(0, n))
     inputs, targets = strip_eos(ex["inputs"]), strip_eos(ex["targets"])
@@ -306,10 +313,10 @@ def test_short_last_piece(t5, t5_stream):
 def test_ul2_denoisers_on_c4(t5, t5_stream):
   """test_objectives.test_ul2_denoisers' expectations, and exact recovery, at 256 and 512."""
   for lengths in ({"inputs": 256, "targets": 256}, {"inputs": 512, "targets": 512}):
-    for suffix, kind, kwargs, _ in obj.UL2_DENOISERS:
-      name = "ul2_prefix_lm" if kind == "s" else "ul2_denoiser"
-      mode = {"r": obj.UL2_R, "x": obj.UL2_X, "s": obj.UL2_S}[kind]
-      objective = noise.Objective(name, lengths, t5, mode=mode, **kwargs)
+    for suffix, name, kwargs, _ in objectives.UL2_DENOISERS:
+      kind = suffix.split("_")[1]  # r, x or s
+      mode = kwargs["mode"]
+      objective = make(name, lengths, t5, **kwargs)
       prefix = t5.encode(mode)
       exs = examples(objective, t5_stream, 200 if kind == "s" else 30)
       for _, ex in exs:
@@ -345,7 +352,7 @@ def test_ul2_denoisers_on_c4(t5, t5_stream):
 def test_t5_objectives_on_c4(t5, t5_stream):
   """test_objectives' expectations for prefix LM, iid, BERT-style and deshuffling."""
   lengths = {"inputs": 512, "targets": 512}
-  prefix_lm = noise.Objective("prefix_lm", lengths, t5)
+  prefix_lm = make("prefix_lm", lengths, t5)
   fractions = []
   for piece, ex in examples(prefix_lm, t5_stream, 100):
     inputs, targets = strip_eos(ex["inputs"]), strip_eos(ex["targets"])
@@ -354,8 +361,8 @@ def test_t5_objectives_on_c4(t5, t5_stream):
   assert len(piece) == 511
   assert 0.4 < np.mean(fractions) < 0.6 and min(fractions) < 0.1 and max(fractions) > 0.9
 
-  iid_targets = obj.required_targets_length("iid_denoising", 512)
-  iid = noise.Objective("iid_denoising", {"inputs": 512, "targets": iid_targets}, t5)
+  iid_targets = objectives.required_targets_length("iid_denoising", 512)
+  iid = make("iid_denoising", {"inputs": 512, "targets": iid_targets}, t5)
   is_sentinel = lambda t: t >= t5.vocab_size - 100
   noise_tokens = total = 0
   for piece, ex in examples(iid, t5_stream, 150):
@@ -367,7 +374,7 @@ def test_t5_objectives_on_c4(t5, t5_stream):
       np.testing.assert_array_equal(merge_spans(inputs, targets, is_sentinel), piece)
   assert abs(noise_tokens / total - 0.15) < 0.01
 
-  bert = noise.Objective("bert_style_denoising", lengths, t5)
+  bert = make("bert_style_denoising", lengths, t5)
   sentinel = t5.vocab_size - 1
   noised = random = total = 0
   for piece, ex in examples(bert, t5_stream, 150):
@@ -383,7 +390,7 @@ def test_t5_objectives_on_c4(t5, t5_stream):
   assert abs(noised / total - 0.15) < 0.01
   assert abs(random / noised - 0.1) < 0.015  # (a random id equal to the original is unseen)
 
-  deshuffling = noise.Objective("deshuffling", lengths, t5)
+  deshuffling = make("deshuffling", lengths, t5)
   for piece, ex in examples(deshuffling, t5_stream, 20):
     inputs, targets = strip_eos(ex["inputs"]), strip_eos(ex["targets"])
     np.testing.assert_array_equal(targets, piece)
@@ -408,7 +415,7 @@ def test_bart_objectives_call_bart_noise_with_their_arguments(gpt2, gpt2_stream)
       "bart_document_rotation": dict(rotate_ratio=1.0),
   }
   for name, kwargs in expected.items():
-    objective = noise.Objective(name, BART_LENGTHS, gpt2)
+    objective = make(name, BART_LENGTHS, gpt2)
     assert objective.raw_length() == 511
     for i, piece in enumerate(pieces(gpt2_stream, 511, 5)):
       ex = objective(piece, noise.example_rng(2, i))
@@ -416,7 +423,7 @@ def test_bart_objectives_call_bart_noise_with_their_arguments(gpt2, gpt2_stream)
       np.testing.assert_array_equal(strip_eos(ex["inputs"], gpt2.eos_id), want[:511])
       np.testing.assert_array_equal(strip_eos(ex["targets"], gpt2.eos_id), piece)
   # A preprocessor argument reaches bart_noise.
-  deletion = noise.Objective("bart_token_deletion", BART_LENGTHS, gpt2, ratio=0.5)
+  deletion = make("bart_token_deletion", BART_LENGTHS, gpt2, ratio=0.5)
   ex = deletion(gpt2_stream[:511], noise.example_rng(0, 0))
   assert len(ex["inputs"]) - 1 == 511 - math.ceil(0.5 * 511)
 
@@ -424,7 +431,7 @@ def test_bart_objectives_call_bart_noise_with_their_arguments(gpt2, gpt2_stream)
 def test_bart_statistics_on_c4(gpt2, gpt2_stream):
   """test_objectives' expectations for deletion, rotation, permutation and denoising."""
   eos = gpt2.eos_id
-  run = lambda name, n: examples(noise.Objective(name, BART_LENGTHS, gpt2), gpt2_stream, n)
+  run = lambda name, n: examples(make(name, BART_LENGTHS, gpt2), gpt2_stream, n)
   for piece, ex in run("bart_token_deletion", 30):
     inputs, targets = list(strip_eos(ex["inputs"], eos)), list(strip_eos(ex["targets"], eos))
     assert len(inputs) == len(targets) - int(np.ceil(0.3 * len(targets)))
@@ -470,15 +477,15 @@ def _resplit(tokens, sentences):
 
 
 # --- every objective: types, lengths, trimming -------------------------------------------------
-@pytest.mark.parametrize("name", obj.OBJECTIVE_NAMES)
+@pytest.mark.parametrize("name", objectives.OBJECTIVE_NAMES)
 def test_every_objective_fits_its_lengths(name, t5, t5_stream):
   kwargs = dict(noise_density=0.5, mean_noise_span_length=3.0) if name == "ul2_denoiser" else {}
   inputs_length = 128
-  mode = {"ul2_denoiser": obj.UL2_R, "ul2_prefix_lm": obj.UL2_S}.get(name)
-  targets_length = obj.required_targets_length(name, inputs_length,
+  mode = {"ul2_denoiser": objectives.UL2_R, "ul2_prefix_lm": objectives.UL2_S}.get(name)
+  targets_length = objectives.required_targets_length(name, inputs_length,
                                                len(t5.encode(mode)) if mode else 0, **kwargs)
   lengths = {"inputs": inputs_length, "targets": targets_length}
-  objective = noise.Objective(name, lengths, t5, **kwargs)
+  objective = make(name, lengths, t5, **kwargs)
   assert objective.name == name
   raw = objective.raw_length()
   for n in (raw, raw // 2, 1, 3 * raw):  # the last, short piece; a too-long one gets trimmed
@@ -496,34 +503,34 @@ def test_every_objective_fits_its_lengths(name, t5, t5_stream):
 
 def test_too_short_targets_and_bad_arguments(t5):
   with pytest.raises(ValueError, match=r"UL2 X-denoiser \(mean 3, rate 0.5\) needs targets >= 508"):
-    noise.Objective("ul2_denoiser", SC_LENGTHS, t5, mode=obj.UL2_X, noise_density=0.5,
+    make("ul2_denoiser", SC_LENGTHS, t5, mode=objectives.UL2_X, noise_density=0.5,
                     mean_noise_span_length=3)
   with pytest.raises(ValueError, match="span_corruption needs targets >= 114 for inputs 512"):
-    noise.Objective("span_corruption", {"inputs": 512, "targets": 100}, t5)
+    make("span_corruption", {"inputs": 512, "targets": 100}, t5)
   with pytest.raises(ValueError, match="unknown objective 'nope'"):
-    noise.Objective("nope", SC_LENGTHS, t5)
+    make("nope", SC_LENGTHS, t5)
   with pytest.raises(ValueError, match="ul2_denoiser needs the arguments"):
-    noise.Objective("ul2_denoiser", SC_LENGTHS, t5)
+    make("ul2_denoiser", SC_LENGTHS, t5)
   with pytest.raises(ValueError, match="prefix_lm has no argument 'mean_noise_span_length'"):
-    noise.Objective("prefix_lm", {"inputs": 512, "targets": 512}, t5, mean_noise_span_length=3)
+    make("prefix_lm", {"inputs": 512, "targets": 512}, t5, mean_noise_span_length=3)
   with pytest.raises(ValueError, match="noise density must be <= 0.5"):
-    noise.Objective("prefix_lm", {"inputs": 512, "targets": 512}, t5, noise_density=0.6)
+    make("prefix_lm", {"inputs": 512, "targets": 512}, t5, noise_density=0.6)
 
 
 # --- for_task on the registered tasks ----------------------------------------------------------
 def test_for_task_on_demo_tasks():
   get = tasks.get_task_or_mixture
-  objective = noise.for_task(get("demo_span_corruption"), SC_LENGTHS)
+  objective = tasks.numpy_objective(get("demo_span_corruption"), SC_LENGTHS)
   assert objective.name == "span_corruption" and objective.raw_length() == 568
   vocab = get("demo_span_corruption").output_features["targets"].vocabulary
   lengths = {"inputs": 512, "targets": 512}
-  for suffix, kind, kwargs, _ in obj.UL2_DENOISERS:
-    objective = noise.for_task(get(f"demo_{suffix}"), lengths)
-    mode = {"r": obj.UL2_R, "x": obj.UL2_X, "s": obj.UL2_S}[kind]
-    assert objective.name == ("ul2_prefix_lm" if kind == "s" else "ul2_denoiser")
+  for suffix, name, kwargs, _ in objectives.UL2_DENOISERS:
+    objective = tasks.numpy_objective(get(f"demo_{suffix}"), lengths)
+    mode = kwargs["mode"]
+    assert objective.name == name
     assert objective.kwargs["mode"] == mode
     assert list(objective.prefix) == vocab.encode(mode)
-    assert objective.raw_length() == obj.raw_tokens_length(
+    assert objective.raw_length() == objectives.raw_tokens_length(
         objective.name, 512, len(objective.prefix), **kwargs)
     ex = objective(np.arange(3, 3 + objective.raw_length()), noise.example_rng(0, 0))
     assert list(ex["inputs"][:len(objective.prefix)]) == vocab.encode(mode)
@@ -533,9 +540,9 @@ def test_for_task_on_demo_tasks():
                           ("demo_iid_denoising", "iid_denoising", 511),
                           ("demo_bert_denoising", "bert_style_denoising", 511),
                           ("demo_deshuffling", "deshuffling", 511)):
-    objective = noise.for_task(get(task), lengths)
+    objective = tasks.numpy_objective(get(task), lengths)
     assert (objective.name, objective.raw_length()) == (name, raw), task
-  ex = noise.for_task(get("demo_bart_text_infilling"), lengths)(
+  ex = tasks.numpy_objective(get("demo_bart_text_infilling"), lengths)(
       np.arange(3, 514), noise.example_rng(0, 0))
   assert (ex["inputs"] == vocab.vocab_size - 1).sum() > 3  # <mask> = <extra_id_0>
 
@@ -544,16 +551,16 @@ def test_for_task_errors_name_the_task(tmp_path):
   get = tasks.get_task_or_mixture
   with pytest.raises(ValueError, match=r"task 'demo_ul2_x_mean3_rate50': UL2 X-denoiser .* "
                                        r"needs targets >= \d+ for inputs 512"):
-    noise.for_task(get("demo_ul2_x_mean3_rate50"), SC_LENGTHS)
+    tasks.numpy_objective(get("demo_ul2_x_mean3_rate50"), SC_LENGTHS)
   with pytest.raises(ValueError, match="task 'demo_bart_denoising': bart_denoising needs targets"):
-    noise.for_task(get("demo_bart_denoising"), SC_LENGTHS)
+    tasks.numpy_objective(get("demo_bart_denoising"), SC_LENGTHS)
   train = tmp_path / "train.jsonl"
   train.write_text(json.dumps({"inputs": "a b", "targets": "b a"}) + "\n")
   name = finetune.register_user_task(name="test_noise_finetune", train_files=str(train))
   try:
     with pytest.raises(ValueError, match="task 'test_noise_finetune' has no pretraining objective"):
-      noise.for_task(get(name), SC_LENGTHS)
+      tasks.numpy_objective(get(name), SC_LENGTHS)
   finally:
     seqio.TaskRegistry.remove(name)
   with pytest.raises(ValueError, match="needs a seqio.Task"):
-    noise.for_task(get("demo_ul2"), SC_LENGTHS)
+    tasks.numpy_objective(get("demo_ul2"), SC_LENGTHS)

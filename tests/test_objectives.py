@@ -10,8 +10,9 @@ import seqio
 import tensorflow as tf
 
 from t5lite.data.objectives import bart_noise
+from t5lite.data.objectives import registry as objectives
 from t5lite.data.objectives import tf_objectives as obj
-from t5lite.data.sources import sources
+from t5lite.data.sources import json_lines, sources
 from t5lite.data.tasks import registry as tasks
 from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary
 from t5lite.data.objectives.tf_spans import noise_span_to_unique_sentinel
@@ -29,7 +30,7 @@ def vocabs(t5_vocab_path, gpt2_bpe_dir):
 @pytest.fixture(scope="module")
 def registered(c4_sample, vocabs):
   t5, gpt2 = vocabs
-  return tasks.register_source_tasks(P, sources.json_source(str(c4_sample)), t5, gpt2)
+  return tasks.register_source_tasks(P, json_lines.json_source(str(c4_sample)), t5, gpt2)
 
 
 @pytest.fixture(scope="module")
@@ -229,8 +230,9 @@ def test_deshuffling_is_a_permutation(registered):
 def test_ul2_denoisers(registered, vocabs):
   t5 = vocabs[0]
   lengths = {"inputs": 256, "targets": 256}
-  for suffix, kind, kwargs, _ in obj.UL2_DENOISERS:
-    mode = t5.encode({"r": obj.UL2_R, "x": obj.UL2_X, "s": obj.UL2_S}[kind])
+  for suffix, _, kwargs, _ in objectives.UL2_DENOISERS:
+    kind = suffix.split("_")[1]  # r, x or s
+    mode = t5.encode(kwargs["mode"])
     exs = examples(f"{P}_{suffix}", 25, lengths)
     assert all(list(ex["inputs"][:len(mode)]) == mode for ex in exs)
     stripped = [{**ex, "inputs": ex["inputs"][len(mode):]} for ex in exs]
@@ -263,7 +265,7 @@ def test_sentinels_repeat_after_extra_ids():
 
 def test_ul2_mixture_rates(registered, vocabs):
   t5 = vocabs[0]
-  mode = {tuple(t5.encode(m)): m for m in (obj.UL2_R, obj.UL2_X, obj.UL2_S)}
+  mode = {tuple(t5.encode(m)): m for m in (objectives.UL2_R, objectives.UL2_X, objectives.UL2_S)}
   mix = seqio.MixtureRegistry.get(f"{P}_ul2")
   total = sum(mix.get_rate(t) for t in mix.tasks)
   s_task = seqio.get_mixture_or_task(f"{P}_ul2_s_rate25")
@@ -273,9 +275,9 @@ def test_ul2_mixture_rates(registered, vocabs):
   for ex in examples(f"{P}_ul2", n, {"inputs": 64, "targets": 64}, seed=7):
     prefix = next(k for k in mode if tuple(ex["inputs"][:len(k)]) == k)
     counts[mode[prefix]] += 1
-  assert abs(counts[obj.UL2_S] / n - 0.2) < 0.05  # 3.5 sigma
-  assert abs(counts[obj.UL2_R] / n - 0.8 * 2 / 6) < 0.055
-  assert abs(counts[obj.UL2_X] / n - 0.8 * 4 / 6) < 0.06
+  assert abs(counts[objectives.UL2_S] / n - 0.2) < 0.05  # 3.5 sigma
+  assert abs(counts[objectives.UL2_R] / n - 0.8 * 2 / 6) < 0.055
+  assert abs(counts[objectives.UL2_X] / n - 0.8 * 4 / 6) < 0.06
 
 
 def test_register_mixture_from_gin(registered):
@@ -295,21 +297,21 @@ def test_register_mixture_from_gin(registered):
 
 # --- lengths -----------------------------------------------------------------------------------
 def test_required_targets_length():
-  assert obj.required_targets_length("span_corruption", 512) == 114
-  assert obj.raw_tokens_length("span_corruption", 512) == 568
-  assert obj.required_targets_length("bart_denoising", 512) == 512
-  assert obj.required_targets_length("deshuffling", 512) == 512
-  assert obj.required_targets_length("prefix_lm", 512) == 511
-  assert 170 < obj.required_targets_length("iid_denoising", 512) < 230
-  assert obj.required_targets_length("ul2_denoiser", 512, noise_density=0.5,
+  assert objectives.required_targets_length("span_corruption", 512) == 114
+  assert objectives.raw_tokens_length("span_corruption", 512) == 568
+  assert objectives.required_targets_length("bart_denoising", 512) == 512
+  assert objectives.required_targets_length("deshuffling", 512) == 512
+  assert objectives.required_targets_length("prefix_lm", 512) == 511
+  assert 170 < objectives.required_targets_length("iid_denoising", 512) < 230
+  assert objectives.required_targets_length("ul2_denoiser", 512, noise_density=0.5,
                                      mean_noise_span_length=3) == 512
-  assert obj.required_targets_length("ul2_denoiser", 512, prefix_length=4, noise_density=0.15,
+  assert objectives.required_targets_length("ul2_denoiser", 512, prefix_length=4, noise_density=0.15,
                                      mean_noise_span_length=3) == 114
-  assert obj.required_targets_length("ul2_prefix_lm", 512, prefix_length=5) == 255
-  for name in obj.OBJECTIVE_NAMES:
-    assert 0 < obj.required_targets_length(name, 512) <= 512
+  assert objectives.required_targets_length("ul2_prefix_lm", 512, prefix_length=5) == 255
+  for name in objectives.OBJECTIVE_NAMES:
+    assert 0 < objectives.required_targets_length(name, 512) <= 512
   with pytest.raises(ValueError, match="unknown objective"):
-    obj.required_targets_length("nope", 512)
+    objectives.required_targets_length("nope", 512)
 
 
 def test_too_short_targets_is_a_clear_error(registered):

@@ -123,7 +123,7 @@ def test_misfit_exits_nonzero_with_one_line(runs_):
   assert len(lines) == 1, stderr[-3000:]
   line = lines[0]
   assert line.startswith("t5lite plan: does not fit on v5e:2x2") and "short by" in line
-  for knob in ("remat", "train.fsdp=True", "train.microbatches=2", "make_mesh.mesh_shape"):
+  for knob in ("remat", "StepConfig.fsdp=True", "StepConfig.microbatches=2", "make_mesh.mesh_shape"):
     assert knob in line, line
   assert plan["per_device_bytes"]["total"] > plan["capacity_bytes"]
 
@@ -138,14 +138,14 @@ def test_train_arguments_follow_gin_and_name_missing_macros():
   common.register_configurables()
   try:
     gin.clear_config()
-    gin.parse_config(["train.batch_size = 64", "train.microbatches = 2",
+    gin.parse_config(["DataConfig.batch_size = 64", "StepConfig.microbatches = 2",
                       "train.config = @Config()", "Config.num_heads = 3",
-                      "train.task_feature_lengths = {'inputs': 32, 'targets': 8}"])
+                      "DataConfig.task_feature_lengths = {'inputs': 32, 'targets': 8}"])
     args = planner.train_arguments()
     assert (args["batch_size"], args["microbatches"], args["config"].num_heads) == (64, 2, 3)
     assert args["fsdp"] is False and args["z_loss"] == 1e-4  # train()'s defaults
     gin.clear_config()
-    gin.parse_config(["train.batch_size = 64"])
+    gin.parse_config(["DataConfig.batch_size = 64"])
     with pytest.raises(ValueError, match="TASK_FEATURE_LENGTHS"):
       planner.train_arguments()
   finally:
@@ -176,7 +176,7 @@ def _plan(**changes) -> planner.Plan:
 def test_advice_leaves_out_knobs_already_used():
   everything = _plan().shortfall_line()
   assert "short by 4.00 GiB" in everything
-  for knob in ("remat", "train.fsdp=True", "train.microbatches=2", 'mesh_shape="(-1, 2)"'):
+  for knob in ("remat", "StepConfig.fsdp=True", "StepConfig.microbatches=2", 'mesh_shape="(-1, 2)"'):
     assert knob in everything
   used = _plan(fsdp=True, microbatches=128, mesh={"data": 1, "model": 4},
                config=tiny_config().replace(remat_policy='full')).shortfall_line()

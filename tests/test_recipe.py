@@ -6,7 +6,8 @@ import optax
 import pytest
 
 from t5lite.model import losses
-from t5lite.training import optim, train
+from t5lite.runtime import devices
+from t5lite.training import loop, optim
 from t5lite.model.config import Config, flops_per_example
 
 BASE = Config(emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048, num_encoder_layers=12,
@@ -21,12 +22,18 @@ def test_flops_match_reference():
 
 
 def test_mfu_uses_the_device_peak(monkeypatch):
-  monkeypatch.setattr(train, "peak_flops_per_device", lambda: 1e12)
-  out = train._throughput(2.0, 8, 900.0, 1e10)  # 2 steps/s x 8 examples x 1e10 FLOPs
+  monkeypatch.setattr(devices, "peak_flops_per_device", lambda: 1e12)
+  out = loop.throughput(2.0, 8, 900.0, 1e10)  # 2 steps/s x 8 examples x 1e10 FLOPs
   assert out["examples_per_s"] == 16.0 and out["target_tokens_per_s"] == 1800.0
   assert out["mfu"] == pytest.approx(16 * 1e10 / (1e12 * jax.device_count()))
-  monkeypatch.setattr(train, "peak_flops_per_device", lambda: None)
-  assert "mfu" not in train._throughput(2.0, 8, 900.0, 1e10)  # CPU: no published peak
+  monkeypatch.setattr(devices, "peak_flops_per_device", lambda: None)
+  assert "mfu" not in loop.throughput(2.0, 8, 900.0, 1e10)  # CPU: no published peak
+
+
+def test_peak_flops_by_device_kind():
+  assert devices.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+  assert devices.peak_flops("TPU v5 lite") == 197e12
+  assert devices.peak_flops("cpu") is None
 
 
 def test_rsqrt_schedule_is_t5s():

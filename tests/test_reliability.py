@@ -15,6 +15,9 @@ import cli_util
 import multihost_util as mh
 from t5lite.store import run_lock as lock
 from t5lite.training import optim, train
+from t5lite.training import state as train_state
+from t5lite.training import step as train_step_lib
+from t5lite.training import loop as train_loop
 from t5lite.runtime import partitioning
 from t5lite.model.config import Config
 from test_train import read_losses, run_train
@@ -41,8 +44,8 @@ def test_nonfinite_step_is_skipped_and_counted():
   tx = optim.make_optimizer("adamw", schedule=schedule)
   rng = np.random.default_rng(0)
   with partitioning.activate(mesh):
-    state, shardings, model = train.create_train_state(TINY, tx, mesh, seed=0)
-    step = train.jit_train_step(model, tx, schedule, shardings, mesh, z_loss=1e-4)
+    state, shardings, model = train_state.create_train_state(TINY, tx, mesh, seed=0)
+    step = train_step_lib.jit_train_step(model, tx, schedule, shardings, mesh, z_loss=1e-4)
     state, m = step(state, partitioning.host_to_global(_batch(rng), mesh))
     before = jax.device_get((state.params, state.opt_state))
     state, m = step(state, partitioning.host_to_global(_batch(rng, np.nan), mesh))
@@ -74,7 +77,7 @@ def test_divergence_stops_and_keeps_the_good_checkpoints(tmp_path):
   args = ["--gin.Checkpointer.save_period=5", "--gin.Checkpointer.keep=3",
           "--gin.train.max_consecutive_skips=5"]
   run_train(d, 10, *args)
-  with pytest.raises(train.DivergedError) as e:
+  with pytest.raises(train_loop.DivergedError) as e:
     run_train(d, 40, *args, "--gin.learning_rate_schedule.peak=1e9")
   message = str(e.value)
   assert "5 non-finite steps in a row" in message

@@ -21,6 +21,7 @@ from t5lite.serving import decoding
 from t5lite.convert import hf
 from t5lite.model import stacks as layout, losses
 from t5lite.training import optim, train
+from t5lite.training import state as train_state
 from t5lite.runtime import partitioning
 from t5lite.cli import common
 from t5lite.store.checkpoints import Checkpointer
@@ -56,9 +57,9 @@ def mesh_of(shape):
 
 
 def abstract_state(cfg, tx, mesh, fsdp=False):
-  """train.create_train_state's TrainState, abstract (ShapeDtypeStructs with its shardings):
+  """train_state.create_train_state's TrainState, abstract (ShapeDtypeStructs with its shardings):
   no init is compiled."""
-  return train.state_shardings(cfg, tx, mesh, fsdp)[0]
+  return train_state.state_shardings(cfg, tx, mesh, fsdp)[0]
 
 
 def random_params(cfg, seed=0):
@@ -123,7 +124,7 @@ def test_scanned_parameters_have_a_layers_axis_and_real_shardings():
   assert specs["encoder"]["layers"]["attention"]["query"] == P("layers", "embed", "heads", "kv")
   assert specs["decoder"]["relpos_bias"]["rel_embedding"] == P("relpos_buckets", "heads")
   with partitioning.activate(mesh):
-    state, _, _ = train.create_train_state(cfg, tx, mesh, seed=0)
+    state, _, _ = train_state.create_train_state(cfg, tx, mesh, seed=0)
   enc = state.params["encoder"]["layers"]
   query_spec = P(None, None, "model", None)
   assert enc["attention"]["query"].shape == (3, TINY.emb_dim, TINY.num_heads, TINY.head_dim)

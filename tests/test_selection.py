@@ -11,6 +11,7 @@ from t5lite.cli import select as select_cli
 from t5lite.data.sources import demo_corpus
 from t5lite.datamix import dsir_features as nf
 from t5lite.datamix import dsir as selection
+from t5lite import files
 from t5lite.datamix import dsir_io as sio
 
 CODE = ("def return self import class lambda yield for in if else None True False print ( ) : = "
@@ -49,7 +50,7 @@ def _plan(toy, out, **kw):
 
 
 def _selected(out) -> list[bytes]:
-  return [line for p in sio.glob(os.path.join(out, "selected.*.json.gz"))
+  return [line for p in files.glob(os.path.join(out, "selected.*.json.gz"))
           for line in sio.read_lines(p)]
 
 
@@ -123,13 +124,13 @@ def test_toy_selects_target_like_documents_deterministically(toy, tmp_path):
   picked = _selected(str(tmp_path / "a"))
   texts = [json.loads(l)["text"] for l in picked]
   code_frac = np.mean([t.split()[0] in CODE for t in texts])
-  random_texts = [json.loads(l)["text"] for p in sio.glob(str(tmp_path / "a" / "random" / "*.gz"))
+  random_texts = [json.loads(l)["text"] for p in files.glob(str(tmp_path / "a" / "random" / "*.gz"))
                   for l in sio.read_lines(p)]
   assert len(picked) == len(random_texts) == 30 == report["selected"]["dsir"]
   assert code_frac >= 0.9, code_frac
   assert np.mean([t.split()[0] in CODE for t in random_texts]) < 0.5
   assert len(set(picked)) == len(picked)  # no document twice
-  raw_lines = {l for p in sio.glob(toy[0]) for l in sio.read_lines(p)}
+  raw_lines = {l for p in files.glob(toy[0]) for l in sio.read_lines(p)}
   assert set(picked) <= raw_lines  # verbatim raw lines
   assert report["kl"]["reduction_dsir"] > report["kl"]["reduction_random"]
   assert report["kl"]["dsir_vs_random"] > 0
@@ -166,7 +167,7 @@ def test_urls_go_through_tf_gfile(toy, tmp_path):
   """Raw shards and output on a URL filesystem (TF's in-memory ram://, standing in for gs://):
   the same selection as on local files."""
   import tensorflow as tf
-  for path in sio.glob(toy[0]):
+  for path in files.glob(toy[0]):
     tf.io.gfile.makedirs("ram://dsir/raw")
     tf.io.gfile.copy(path, f"ram://dsir/raw/{os.path.basename(path)}", overwrite=True)
   plan = selection.make_plan(["ram://dsir/raw/raw.*.json.gz"], [toy[1]], "ram://dsir/out", 30)
@@ -242,7 +243,7 @@ def test_targets_jsonl_pairs_tsv_text_and_a_task(tmp_path):
   assert skipped["lines"] == 1
   texts = list(sio.target_texts(["task:demo_span_corruption:validation"], skipped))
   shard = demo_corpus.demo_assets().validation_pattern
-  want = [json.loads(l)["text"] for p in sio.glob(shard) for l in sio.read_lines(p)]
+  want = [json.loads(l)["text"] for p in files.glob(shard) for l in sio.read_lines(p)]
   assert texts == want and len(want) > 3
 
 

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from t5lite.training import state as train_state
+from t5lite.training import step as train_step_lib
 from t5lite.training import optim, train
 from t5lite.runtime import partitioning
 from t5lite.model.config import Config
@@ -57,8 +59,8 @@ def run_steps(mesh, fsdp=False, optimizer="adafactor", steps=3, microbatches=1):
   schedule = optim.learning_rate_schedule("constant", peak=1e-2)
   tx = optim.make_optimizer(optimizer, schedule=schedule)
   with partitioning.activate(mesh, fsdp):
-    state, shardings, model = train.create_train_state(TINY, tx, mesh, seed=0, fsdp=fsdp)
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
+    state, shardings, model = train_state.create_train_state(TINY, tx, mesh, seed=0, fsdp=fsdp)
+    step = jax.jit(functools.partial(train_step_lib.train_step, model=model, tx=tx, schedule=schedule,
                                      z_loss=1e-4, microbatches=microbatches),
                    in_shardings=(shardings, partitioning.batch_sharding(mesh)),
                    out_shardings=(shardings, None), donate_argnums=(0,))
@@ -120,7 +122,7 @@ def test_adafactor_factored_state_is_replicated_not_broken():
   tx = optim.make_optimizer("adafactor", schedule=optim.learning_rate_schedule("constant"))
   big = TINY.replace(emb_dim=128, mlp_dim=256, head_dim=32)
   with jax.set_mesh(mesh):
-    state, shardings, _ = train.create_train_state(big, tx, mesh, 0)
+    state, shardings, _ = train_state.create_train_state(big, tx, mesh, 0)
   v_row = [x for x in jax.tree.leaves(state.opt_state) if x.ndim == 1 and x.shape[0] == 256]
   assert v_row, "expected factored statistics for the [128, 256] MLP kernels"
 
@@ -141,7 +143,7 @@ def test_indivisible_dimension_is_replicated_not_an_error():
   mesh = partitioning.make_mesh((4, 2))
   tx = optim.make_optimizer("adamw", schedule=optim.learning_rate_schedule("constant"))
   with jax.set_mesh(mesh):
-    state, _, _ = train.create_train_state(cfg, tx, mesh, 0)
+    state, _, _ = train_state.create_train_state(cfg, tx, mesh, 0)
   assert state.params["token_embedder"]["embedding"].sharding.spec == P(None, None)
   assert state.params["decoder"]["logits_dense"].sharding.spec == P(None, None)
   assert state.params["encoder"]["layers_0"]["mlp"]["wi_0"].sharding.spec == P(None, "model")

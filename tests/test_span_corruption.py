@@ -8,7 +8,8 @@ import tensorflow as tf
 
 from t5lite import testing as peers
 from t5lite.data.objectives import tf_spans as sc
-from t5lite.data.sources import sources
+from t5lite.data.objectives import lengths as objective_lengths
+from t5lite.data.sources import json_lines
 from t5lite.data.tasks import registry as tasks
 from t5lite.data.vocab.sentencepiece import get_vocabulary
 
@@ -29,17 +30,17 @@ def _t5_preprocessors():
 def c4_tasks(c4_sample, t5_vocab_path):
   """Tasks on the real C4 sample: t5lite's chain, the raw 568-token chunks, and the t5 peer."""
   vocab = get_vocabulary(str(t5_vocab_path))
-  source = sources.json_source(str(c4_sample), str(c4_sample))
-  tokens_length, _ = sc.random_spans_helper(512, 0.15, 3.0)
-  chain = tasks.span_corruption_preprocessors()
+  source = json_lines.json_source(str(c4_sample), str(c4_sample))
+  tokens_length, _ = objective_lengths.random_spans_helper(512, 0.15, 3.0)
+  chain = tasks.text_chain()
   raw = chain[:2] + [
       lambda ds, output_features: sc.select_random_chunk(ds, output_features, max_length=65536),
       lambda ds: sc.reduce_concat_tokens(ds, batch_size=128),
       lambda ds: sc.split_tokens(ds, max_tokens_per_segment=tokens_length),
   ]
   names = {"t5lite": "test_c4_span_corruption", "raw": "test_c4_raw_chunks"}
-  tasks.add_task(names["t5lite"], source, vocab, chain)
-  tasks.add_task(names["raw"], source, vocab, raw)
+  tasks.add_task(names["t5lite"], source, vocab, chain=chain)
+  tasks.add_task(names["raw"], source, vocab, chain=raw)
   yield names, vocab
   for name in names.values():
     seqio.TaskRegistry.remove(name)
@@ -53,14 +54,14 @@ def _examples(name, n=None, seed=0, shuffle=False, lengths=None):
 
 @pytest.mark.parametrize("inputs_length, expected", [(512, (568, 114)), (1024, (1137, 229))])
 def test_random_spans_helper(inputs_length, expected):
-  assert sc.random_spans_helper(inputs_length, 0.15, 3.0) == expected
+  assert objective_lengths.random_spans_helper(inputs_length, 0.15, 3.0) == expected
 
 
 def test_random_spans_helper_matches_t5():
   t5_pre = _t5_preprocessors()
   for inputs_length in (64, 128, 256, 512, 568, 1000, 1024, 2048):
     for density, mean in ((0.15, 3.0), (0.5, 3.0), (0.15, 8.0), (0.5, 64.0)):
-      assert sc.random_spans_helper(inputs_length, density, mean) == t5_pre.random_spans_helper(
+      assert objective_lengths.random_spans_helper(inputs_length, density, mean) == t5_pre.random_spans_helper(
           inputs_length, density, mean, 1, 1), (inputs_length, density, mean)
 
 
@@ -136,10 +137,10 @@ def test_identical_to_t5_span_corruption(c4_tasks, c4_sample):
   package's span_corruption."""
   t5_pre = _t5_preprocessors()
   names, vocab = c4_tasks
-  chain = tasks.span_corruption_preprocessors()
+  chain = tasks.text_chain()
   chain[1] = seqio.preprocessors.tokenize
   chain[2] = t5_pre.span_corruption
-  tasks.add_task("test_t5_peer", sources.json_source(str(c4_sample)), vocab, chain)
+  tasks.add_task("test_t5_peer", json_lines.json_source(str(c4_sample)), vocab, chain=chain)
   try:
     ours = _examples(names["t5lite"], 200, seed=5, shuffle=True)
     theirs = _examples("test_t5_peer", 200, seed=5, shuffle=True)
@@ -178,7 +179,7 @@ def test_packing():
 def test_helper_lengths_hold_when_rounding_gives_no_span():
   """Inputs 128 at mean span 64, density 0.15: round(19 / 64) = 0, but the mask makes 1 span; the
   helper must count it, or the inputs overflow by one token and the last sentinel is cut."""
-  from t5lite.data.objectives.tf_spans import random_spans_helper as helper
+  from t5lite.data.objectives.lengths import random_spans_helper as helper
   tokens, targets = helper(128, 0.15, 64.0)
   noise = round(tokens * 0.15)
   assert (tokens - noise) + 1 + 1 == 128  # non-noise + one sentinel + EOS fill the inputs exactly
@@ -191,7 +192,7 @@ def test_helper_targets_hold_every_mask(density, mean):
   makes for that raw length (noise tokens + one sentinel per span + EOS). At these inputs
   lengths t5's float64 helper came out one span short of the float32 mask."""
   for inputs_length in (172, 316, 352, 512, 604, 640, 1024, 1371):
-    raw, targets = sc.random_spans_helper(inputs_length, density, mean)
+    raw, targets = objective_lengths.random_spans_helper(inputs_length, density, mean)
     mask = sc.random_spans_noise_mask(raw, density, mean, seeds=tf.constant([[1, 2], [3, 4]]))
     mask = mask.numpy()
     spans = int(np.sum(mask[1:] & ~mask[:-1]) + mask[0])

@@ -18,32 +18,6 @@ from t5lite.serving import inference
 from t5lite.cli import common
 
 
-def read_jsonl(path: str, required: Sequence[str]) -> list[dict]:
-  """JSON objects, one per non-empty line; errors name file:line and what is wrong."""
-  if not files.exists(path):
-    raise FileNotFoundError(f"input file not found: {path}")
-  rows = []
-  with files.open_file(path, "rb") as f:
-    for n, raw in enumerate(f, 1):
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
-      missing = [k for k in required if not isinstance(row, dict) or k not in row]
-      if missing:
-        have = sorted(row) if isinstance(row, dict) else type(row).__name__
-        raise ValueError(f"{path}:{n}: missing key {missing[0]!r} (expected keys "
-                         f"{list(required)}; the line has {have})")
-      rows.append(row)
-  return rows
-
-
 def write_jsonl(rows: Iterable[dict], path: Optional[str]) -> None:
   """To `path`, or stdout when None; only process 0 writes."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -76,7 +50,7 @@ def score_main(argv: Sequence[str]) -> int:
       "t5lite score", "Log-likelihood of each line's targets given its inputs (JSON lines "
       '{"inputs": ..., "targets": ...}); writes log_likelihood and token_log_likelihoods.',
       argv, flags)
-  examples = read_jsonl(args.input, ("inputs", "targets"))
+  examples = files.read_jsonl(args.input, ("inputs", "targets"))
   run = common.load_run(args)
   write_jsonl(inference.score(run, examples, args.batch_size, args.inputs_length,
                               args.targets_length), args.output)
@@ -97,7 +71,7 @@ def infer_main(argv: Sequence[str]) -> int:
   args = _parse(
       "t5lite infer", 'Decode a prediction for each JSON line {"inputs": ...}; writes the line '
       'with "prediction" added.', argv, flags)
-  examples = read_jsonl(args.input, ("inputs",))
+  examples = files.read_jsonl(args.input, ("inputs",))
   run = common.load_run(args)
   max_len = args.max_decode_length or (gin_files.query("DataConfig.task_feature_lengths") or {}).get(
       "targets", 128)

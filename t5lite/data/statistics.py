@@ -17,11 +17,10 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from t5lite.data.feed import tfdata as pipeline
+from t5lite.data.sources import json_lines
 from t5lite.data.tasks import registry as tasks_lib
 from t5lite.data.vocab.sentencepiece import detokenize
 
-SENTINEL_OBJECTIVES = ("span_corruption", "ul2_denoiser", "iid_denoising")
-PREFIX_OBJECTIVES = ("prefix_lm", "ul2_prefix_lm")
 PACK_BATCH_SIZE = 8
 
 
@@ -30,11 +29,13 @@ class _TaskInfo:
 
   def __init__(self, task):
     self.name = task.name
-    self.objective, kwargs = tasks_lib.task_objective(task)
+    objective = tasks_lib.task_objective(task)
+    self.objective = objective.name if objective else None
+    self.family = objective.spec.family if objective else None  # registry.FAMILIES
     self.vocab = task.output_features["targets"].vocabulary
-    self.prefix = tasks_lib.mode_prefix_length(task, kwargs)
+    self.prefix = len(objective.prefix_ids(self.vocab)) if objective else 0
     self.eos = self.vocab.eos_id
-    self.is_bart = bool(self.objective and self.objective.startswith("bart_"))
+    self.is_bart = self.family == "bart"
     self.mask_id = getattr(self.vocab, "mask_id", self.vocab.vocab_size - 1)
     self.sentinel_min = self.vocab.vocab_size - max(self.vocab.extra_ids, 0)
 
@@ -51,18 +52,17 @@ class _TaskInfo:
   def noise(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[Optional[int], int, Optional[int]]:
     """(noise tokens, original tokens, spans) of one example; None where undefined."""
     inputs, targets = self.strip(inputs)[self.prefix:], self.strip(targets)
-    obj = self.objective
-    if obj in SENTINEL_OBJECTIVES:
+    if self.family == "sentinel":
       noise = int(np.sum(targets < self.sentinel_min))
       return noise, noise + int(np.sum(inputs < self.sentinel_min)), int(
           np.sum(inputs >= self.sentinel_min))
-    if obj in PREFIX_OBJECTIVES:
+    if self.family == "prefix":
       return len(targets), len(inputs) + len(targets), 1
     if self.is_bart:
       masks = int(np.sum(inputs == self.mask_id))
       noise = max(len(targets) - (len(inputs) - masks), 0)
       return noise, len(targets), masks if masks else None
-    if obj == "bert_style_denoising":
+    if self.family == "bert":
       n = min(len(inputs), len(targets))
       changed = int(np.sum(inputs[:n] != targets[:n]))
       return changed, len(targets), changed
@@ -182,14 +182,14 @@ def describe(name: str, task_feature_lengths: Mapping[str, int], num_examples: i
     if len(rows) < stats_examples:
       rows.append(row)
   if not rows and not shown:
-    from t5lite.data.sources import sources  # pylint: disable=g-import-not-at-top
-    skipped = dict(sources.skipped_records)
+    skipped = dict(json_lines.skipped_records)
     raise ValueError(f"{name!r}: its {split} split yields no examples"
                      + (f" (records skipped: {skipped})" if skipped else ""))
   tasks = tasks_lib.leaf_tasks(name)
   result = {"name": name, "kind": "task" if len(tasks) == 1 and tasks[0][0].name == name
                                   else "mixture",
-            "objectives": sorted({str(tasks_lib.task_objective(t)[0]) for t, _ in tasks}),
+            "objectives": sorted({str(getattr(tasks_lib.task_objective(t), "name", None))
+                                  for t, _ in tasks}),
             "split": split, "seed": seed, "task_feature_lengths": lengths,
             "required_targets_length": need, "examples": shown}
   if stats_examples:

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from t5lite import files
-from t5lite.data.cache import format as cache
+from t5lite.data.cache import keys as cache_keys
 from t5lite.data.feed import indexed, streams
 from t5lite.data.sources import sources
 from t5lite.data.tasks import registry as tasks
@@ -144,7 +144,7 @@ def _domains(mixture: str, lengths: Mapping[str, int], config: Config) -> dict[s
   if len(leaves) < 2:
     raise ValueError(f"mixture {mixture!r} has {len(leaves)} task; DoReMi needs >= 2 domains")
   vocabularies = {task.name: task.output_features["targets"].vocabulary for task, _ in leaves}
-  kinds = {n: cache.vocabulary_fingerprint(v)["sha256"] for n, v in vocabularies.items()}
+  kinds = {n: cache_keys.vocabulary_fingerprint(v)["sha256"] for n, v in vocabularies.items()}
   if len(set(kinds.values())) > 1:
     raise ValueError(f"mixture {mixture!r}: its tasks use different vocabularies "
                      f"({vocabularies}); one model needs one vocabulary")

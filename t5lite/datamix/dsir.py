@@ -71,6 +71,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from t5lite import files
 from t5lite.datamix import dsir_features as nf
 from t5lite.datamix import dsir_io as sio
 
@@ -133,7 +134,7 @@ def make_plan(raw: Sequence[str], targets: Sequence[str], output: str, num_docs:
   """Resolves the raw patterns (sorted, each must match) and checks the settings."""
   raw_files = []
   for pattern in raw:
-    matched = sio.glob(pattern)
+    matched = files.glob(pattern)
     if not matched:
       raise FileNotFoundError(f"no file matches the --raw pattern {pattern!r}")
     raw_files.extend(matched)
@@ -236,15 +237,15 @@ def write_shard(plan: Plan, s: int, dsir: np.ndarray, rand: np.ndarray,
              plan.path("random", f"{name}.json.gz"): picked["random"] if plan.write_random else []}
   for path, chosen in outputs.items():  # a shard with no picks has no file (not a stale one)
     if chosen:
-      sio.write_bytes(path, sio.gzip_lines(chosen))
+      files.write_bytes(path, sio.gzip_lines(chosen))
     else:
-      sio.remove(path)
+      files.remove(path, missing_ok=True)
   weights_path = plan.path("weights", f"{name}.npz")
   if picked["dsir"]:
     line_numbers = np.flatnonzero(dsir)
     sio.save_npz(weights_path, line=line_numbers, log_weight=log_weight[line_numbers])
   else:
-    sio.remove(weights_path)
+    files.remove(weights_path, missing_ok=True)
   sio.save_npz(plan.path("work", "written", f"{s:05d}.npz"),
                settings=json.dumps(plan.selection_settings(), sort_keys=True),
                dsir_counts=counts["dsir"], random_counts=counts["random"],
@@ -280,7 +281,7 @@ def _await(plan: Plan, folder: str, names: Sequence[str], wait_s: float, what: s
   """Waits up to wait_s for files other hosts write; then a FileNotFoundError naming them."""
   deadline = time.monotonic() + wait_s
   while True:
-    present = {os.path.basename(p) for p in sio.glob(plan.path("work", folder, "*"))}
+    present = {os.path.basename(p) for p in files.glob(plan.path("work", folder, "*"))}
     missing = [n for n in names if n not in present]
     if not missing:
       return
@@ -296,22 +297,22 @@ def _await(plan: Plan, folder: str, names: Sequence[str], wait_s: float, what: s
 def _check_plan(plan: Plan) -> None:
   path = plan.path("work", "plan.json")
   want = plan.model_settings()
-  if sio.exists(path):
-    have = json.loads(sio.read_bytes(path))
+  if files.exists(path):
+    have = json.loads(files.read_bytes(path))
     diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
     if diff:
       raise ValueError(f"{plan.output} holds a selection made with other settings "
                        f"({', '.join(diff)}); use a fresh --output or delete {plan.path('work')}")
   else:
-    sio.write_bytes(path, json.dumps(want, indent=1).encode())
+    files.write_bytes(path, json.dumps(want, indent=1).encode())
 
 
 def fit_stage(plan: Plan, workers: _Workers, log: Callable[[str], None]) -> None:
   t0 = time.perf_counter()
   todo = [(plan, s) for s in plan.mine()
-          if not sio.exists(plan.path("work", "fit", f"raw.{s:05d}.npz"))]
+          if not files.exists(plan.path("work", "fit", f"raw.{s:05d}.npz"))]
   workers.run(fit_raw_shard, todo)
-  if plan.shard[0] == 0 and not sio.exists(plan.path("work", "fit", "target.npz")):
+  if plan.shard[0] == 0 and not files.exists(plan.path("work", "fit", "target.npz")):
     f = plan.featurizer
     examples = nf.BucketExamples(f, EXAMPLE_NGRAMS)
     counts = np.zeros(f.num_buckets, np.int64)
@@ -334,7 +335,7 @@ def fit_stage(plan: Plan, workers: _Workers, log: Callable[[str], None]) -> None
 def load_model(plan: Plan, wait_s: float = 0.0) -> dict:
   """Target and raw bucket counts and their log ratios (work/model.npz, made once from the fits)."""
   path = plan.path("work", "model.npz")
-  if sio.exists(path):
+  if files.exists(path):
     return sio.load_npz(path)
   names = [f"raw.{s:05d}.npz" for s in range(len(plan.raw_files))] + ["target.npz"]
   _await(plan, "fit", names, wait_s, "raw/target fit")
@@ -357,7 +358,7 @@ def score_stage(plan: Plan, workers: _Workers, wait_s: float, log: Callable[[str
   t0 = time.perf_counter()
   ratio = load_model(plan, wait_s)["log_ratio"]
   todo = [(plan, s, ratio) for s in plan.mine()
-          if not sio.exists(plan.path("work", "scores", f"{s:05d}.npz"))]
+          if not files.exists(plan.path("work", "scores", f"{s:05d}.npz"))]
   workers.run(score_shard, todo)
   log(f"score: {len(todo)} raw shard(s) scored ({len(plan.mine()) - len(todo)} kept) "
       f"in {time.perf_counter() - t0:.1f} s")
@@ -388,7 +389,7 @@ def choose(plan: Plan, scores: Sequence[dict]) -> tuple[list[np.ndarray], list[n
 def _written(plan: Plan, s: int) -> bool:
   path = plan.path("work", "written", f"{s:05d}.npz")
   want = json.dumps(plan.selection_settings(), sort_keys=True)
-  return sio.exists(path) and sio.load_npz(path)["settings"] == want
+  return files.exists(path) and sio.load_npz(path)["settings"] == want
 
 
 def write_stage(plan: Plan, workers: _Workers, wait_s: float, log: Callable[[str], None]) -> None:
@@ -416,7 +417,7 @@ def report_stage(plan: Plan, wait_s: float, log: Callable[[str], None]) -> dict:
                             f"e.g. work/written/{stale[0]}; run --stage write on every host first")
   dsir, rand = choose(plan, scores)
   report = selection_report.build(plan, load_model(plan), scores, written, dsir, rand)
-  sio.write_bytes(plan.path("report.json"), json.dumps(report, indent=1).encode())
+  files.write_bytes(plan.path("report.json"), json.dumps(report, indent=1).encode())
   log(f"report: {plan.path('report.json')}")
   return report
 

@@ -1,8 +1,7 @@
-"""Files for `t5lite select`: local paths through the standard library, URLs (gs://) through
-tf.io.gfile (imported only then), gzip by file name, atomic writes, and the target readers."""
+"""DSIR's files (`t5lite select`, through t5lite/files.py): its .npz stages, raw shards' lines and
+documents, gzipped output shards, and the readers of its targets (JSONL / TSV / text / task)."""
 from __future__ import annotations
 
-import glob as globlib
 import gzip
 import io
 import json
@@ -12,81 +11,28 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from t5lite import files
+
 # What a truncated or corrupt shard raises while being read (gzip.BadGzipFile is an OSError).
 READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
-
-
-def _remote(path: str) -> bool:
-  return "://" in path
-
-
-def _gfile():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.io.gfile
-
-
-def glob(pattern: str) -> list[str]:
-  if _remote(pattern):
-    return sorted(_gfile().glob(pattern))
-  return sorted(p for p in globlib.glob(pattern) if os.path.isfile(p))
-
-
-def exists(path: str) -> bool:
-  return _gfile().exists(path) if _remote(path) else os.path.exists(path)
-
-
-def read_bytes(path: str) -> bytes:
-  if _remote(path):
-    with _gfile().GFile(path, "rb") as f:
-      return f.read()
-  with open(path, "rb") as f:
-    return f.read()
-
-
-def write_bytes(path: str, data: bytes) -> None:
-  """Writes a whole file: locally to a temporary name then renamed (a crash leaves no partial
-  file under `path`); a GCS object only appears, whole, when its upload completes."""
-  if _remote(path):
-    gfile = _gfile()
-    gfile.makedirs(os.path.dirname(path))
-    with gfile.GFile(path, "wb") as f:
-      f.write(data)
-    return
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
-def remove(path: str) -> None:
-  """Deletes a file if it exists."""
-  if _remote(path):
-    if _gfile().exists(path):
-      _gfile().remove(path)
-  elif os.path.exists(path):
-    os.remove(path)
 
 
 def save_npz(path: str, **arrays) -> None:
   buf = io.BytesIO()
   np.savez(buf, **arrays)
-  write_bytes(path, buf.getvalue())
+  files.write_bytes(path, buf.getvalue())
 
 
 def load_npz(path: str) -> dict:
   """The arrays of an .npz; 0-d arrays come back as Python scalars (str, int, float)."""
-  with np.load(io.BytesIO(read_bytes(path))) as data:
+  with np.load(io.BytesIO(files.read_bytes(path))) as data:
     return {k: (v.item() if v.ndim == 0 else v) for k, v in data.items()}
 
 
 def read_lines(path: str) -> Iterator[bytes]:
   """The lines of a file without their newline, gunzipped when the name ends in .gz."""
-  raw = _gfile().GFile(path, "rb") if _remote(path) else open(path, "rb")
-  with raw:
-    f = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
-    for line in f:
-      yield line.rstrip(b"\r\n")
+  for line in files.open_lines(path):
+    yield line.rstrip(b"\r\n")
 
 
 def gzip_lines(lines: Sequence[bytes]) -> bytes:
@@ -142,10 +88,10 @@ def _file_texts(path: str, skipped: dict) -> Iterator[str]:
 
 def _task_texts(spec: str) -> Iterator[str]:
   """task:NAME[:SPLIT] -> the raw text of a registered seqio Task's source (default split train)."""
-  from t5lite import data as t5data  # pylint: disable=g-import-not-at-top  (registers tasks)
+  from t5lite.data.tasks import registry  # pylint: disable=g-import-not-at-top  (TensorFlow)
   _, name, *rest = spec.split(":")
   split = rest[0] if rest else "train"
-  task = t5data.get_task_or_mixture(name)
+  task = registry.get_task_or_mixture(name)
   source = getattr(task, "source", None)
   if source is None:
     raise ValueError(f"--target {spec}: {name!r} is a mixture; give one of its tasks")
@@ -166,8 +112,8 @@ def target_texts(specs: Sequence[str], skipped: dict) -> Iterator[str]:
     if spec.startswith("task:"):
       yield from _task_texts(spec)
       continue
-    files = glob(spec)
-    if not files:
+    paths = files.glob(spec)
+    if not paths:
       raise FileNotFoundError(f"no file matches the --target pattern {spec!r}")
-    for path in files:
+    for path in paths:
       yield from _file_texts(path, skipped)

@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from t5lite.model.kernels import make_mask
+from t5lite.model.attention import Attention
+from t5lite.model.masks import make_mask
 from t5lite.model.config import Config
-from t5lite.model.layers import BATCH, EMBED, LENGTH, VOCAB, Attention, Embed, Mlp, Norm, RelativePositionBias, constrain, declare, kernel_init
+from t5lite.model.layers import BATCH, EMBED, LENGTH, VOCAB, Embed, Mlp, Norm, RelativePositionBias, constrain, declare, kernel_init
 from t5lite.model.ops import matmul
 
 Array = jax.Array

@@ -107,27 +107,6 @@ def greedy_decode(model: EncoderDecoder, params: Any, encoder_input_tokens: Arra
                       lambda logits_BV, i: jnp.argmax(logits_BV, axis=-1))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_decode_length"))
-def uncached_greedy_decode(model: EncoderDecoder, params: Any, encoder_input_tokens: Array,
-                           max_decode_length: int, encoder_valid: Optional[Array] = None) -> Array:
-  """The reference: each step re-runs the whole decoder on [start, tokens so far, pad...].
-
-  The causal mask makes the padding after step i invisible to position i. The encoder runs once.
-  """
-  cfg = model.config
-  variables = _variables(params)
-  encoded_BID, valid_BI = _encode(model, variables, encoder_input_tokens, encoder_valid)
-  B, L = encoder_input_tokens.shape[0], max_decode_length
-
-  def step_fn(inputs_BL, i, prev_B):
-    inputs_BL = jax.lax.dynamic_update_slice(inputs_BL, prev_B[:, None], (0, i))
-    logits_BLV = model.apply(variables, encoded_BID, valid_BI, inputs_BL, method="decode")
-    return jax.lax.dynamic_index_in_dim(logits_BLV, i, axis=1, keepdims=False), inputs_BL
-
-  return _token_loop(model, B, L, step_fn, jnp.full((B, L), cfg.pad_token_id, jnp.int32),
-                     lambda logits_BV, i: jnp.argmax(logits_BV, axis=-1))
-
-
 def _filter_logits(logits_BV: Array, top_k: int, top_p: float) -> Array:
   """Keeps the top_k largest logits (0 = all), then the smallest set with probability >= top_p."""
   if top_k > 0:

@@ -18,6 +18,7 @@ from t5lite.runtime import partitioning
 from t5lite.data.vocab.sentencepiece import detokenize
 from t5lite.serving.run import Run
 from t5lite.store.run_dir import RunDir
+from t5lite.store.tensorboard import EventWriter
 
 
 def loss_and_accuracy(eval_fn, params, name: str, task_feature_lengths: Mapping[str, int],
@@ -117,12 +118,8 @@ def write_results(run_dir: RunDir, task_name: str, step: int,
   (process 0 only)."""
   if jax.process_index() != 0:
     return None
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  writer = tf.summary.create_file_writer(run_dir.tb(f"eval_{task_name}"))
-  with writer.as_default(step=step):
-    for k, v in values.items():
-      tf.summary.scalar(k, v)
-  writer.flush()
+  writer = EventWriter(run_dir.tb(f"eval_{task_name}"))
+  writer.scalars(step, values)
   writer.close()
   files.append_text(run_dir.eval_log, json.dumps({"step": step, "task": task_name, **values}) + "\n")
   return run_dir.eval_log

@@ -1,4 +1,5 @@
-"""Metrics to TensorBoard, to MODEL_DIR/metrics.jsonl, to a progress bar, and a loss-curve PNG."""
+"""Metrics to TensorBoard (tensorboard.py), to MODEL_DIR/metrics.jsonl, to a progress bar, and a
+loss-curve PNG."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import tqdm
 
 from t5lite import files
 from t5lite.store.run_dir import RunDir
+from t5lite.store.tensorboard import EventWriter
 
 
 class MetricsWriter:
@@ -23,10 +25,9 @@ class MetricsWriter:
     self._history: list[tuple[int, float]] = []
     self._eval_history: list[tuple[int, float]] = []
 
-  def _summary_writer(self, prefix: str):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  def _events(self, prefix: str) -> EventWriter:
     if prefix not in self._tb:
-      self._tb[prefix] = tf.summary.create_file_writer(self.run_dir.tb(prefix))
+      self._tb[prefix] = EventWriter(self.run_dir.tb(prefix))
     return self._tb[prefix]
 
   def drop_after(self, step: int) -> None:
@@ -44,10 +45,7 @@ class MetricsWriter:
   def write(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
     if not self.enabled or not values:
       return
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    with self._summary_writer(prefix).as_default(step=step):
-      for k, v in values.items():
-        tf.summary.scalar(k, v)
+    self._events(prefix).scalars(step, values)
     record = {"step": step, "split": prefix, **{k: float(v) for k, v in values.items()}}
     files.append_text(self.run_dir.metrics, json.dumps(record) + "\n")
     if "loss" in values:
@@ -68,7 +66,8 @@ class MetricsWriter:
         (s0, l0), (s1, l1) = history[0], history[-1]
         print(f"t5lite: {split} loss {l0:.4f} at step {s0} -> {l1:.4f} at step {s1}", flush=True)
     for w in self._tb.values():
-      w.flush()
+      w.close()
+    self._tb.clear()
     write_loss_curve(self.run_dir.metrics, self.run_dir.loss_png)
 
 

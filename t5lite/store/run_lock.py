@@ -29,17 +29,6 @@ class LockedError(RuntimeError):
   """Another run holds the folder's lock."""
 
 
-def pid_alive(pid: int) -> bool:
-  """Whether process `pid` exists on this host."""
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # exists, another user's
-    return True
-  return True
-
-
 @gin.configurable
 class RunLock:
   """Acquire with `acquire()` (or `with RunLock(path):`); `release()` removes it if still ours."""
@@ -64,14 +53,14 @@ class RunLock:
       return json.loads(files.read_text(self.path))
     except (FileNotFoundError, ValueError):
       return None
-    except Exception as e:  # pylint: disable=broad-except  (tf.errors.NotFoundError)
+    except Exception as e:  # pylint: disable=broad-except  (a remote file system's NotFoundError)
       if type(e).__name__ == "NotFoundError":
         return None
       raise
 
   def _why_stale(self, holder: dict) -> Optional[str]:
     age = time.time() - float(holder.get("heartbeat", 0))
-    if holder.get("host") == self.info["host"] and not pid_alive(int(holder.get("pid", -1))):
+    if holder.get("host") == self.info["host"] and not files.pid_alive(int(holder.get("pid", -1))):
       return f"its process {holder.get('pid')} on this host is gone"
     if age > self.stale_seconds:
       return f"its heartbeat is {age:.0f} s old (> {self.stale_seconds:.0f} s)"

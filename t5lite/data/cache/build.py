@@ -1,4 +1,4 @@
-"""Builds token caches (cache.py's layout): parallel over input files, restartable, split over hosts.
+"""Builds token caches (format.py's layout): parallel over input files, restartable, split over hosts.
 
 For each input file of a split, in order: read its records, run the task's own steps before its
 objective (rekey, tokenize: the same ids as the tf.data path), concatenate the documents' ids and
@@ -31,8 +31,12 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5lite.store import run_lock as lock
+from t5lite import files
 from t5lite.data.cache import format as cache_lib
+from t5lite.data.cache import keys
+from t5lite.data.sources import json_lines
+from t5lite.data.sources.json_lines import JsonLinesDataSource
+from t5lite.data.tasks import registry as tasks
 
 log = logging.getLogger(__name__)
 DEFAULT_SPLITS = ("train", "validation")
@@ -60,12 +64,12 @@ class FileJob:
 # Reading one input file
 # ---------------------------------------------------------------------------------------------
 def _json_texts(path: str, skipped: collections.Counter, failure: dict) -> Iterator[bytes]:
-  """sources.json_texts, with bad records counted by reason and a file error kept in `failure`."""
-  from t5lite.data.sources import sources  # pylint: disable=g-import-not-at-top
+  """json_lines.json_texts, with bad records counted by reason and a file error kept in
+  `failure`."""
   by_file: collections.Counter = collections.Counter()
   try:
-    yield from sources.json_texts(path, by_file)
-  except sources.CorruptFileError as e:  # corrupt gzip, unreadable file
+    yield from json_lines.json_texts(path, by_file)
+  except json_lines.CorruptFileError as e:  # corrupt gzip, unreadable file
     failure["error"] = str(e)
   finally:
     for (_, reason), count in by_file.items():
@@ -73,18 +77,15 @@ def _json_texts(path: str, skipped: collections.Counter, failure: dict) -> Itera
 
 
 def _records(job: FileJob, skipped: collections.Counter, failure: dict) -> tf.data.Dataset:
-  """The file's records as the source's reader yields them (before any preprocessing)."""
-  from t5lite.data.sources import sources  # pylint: disable=g-import-not-at-top
+  """The file's records as the source yields them (before any preprocessing)."""
   source = job.source
-  if isinstance(source, seqio.TfdsDataSource):  # as many shards as files: shard i is file i
-    return source.get_dataset(job.split, shuffle=False,
-                              shard_info=seqio.ShardInfo(job.index, job.count))
-  reader = cache_lib._unwrap(source._reader)[0]  # pylint: disable=protected-access
-  if reader is sources.read_json_lines:  # read here, to skip bad records instead of failing
+  if isinstance(source, JsonLinesDataSource):  # read here, to skip bad records instead of failing
     return tf.data.Dataset.from_generator(
         lambda: _json_texts(job.path, skipped, failure),
         output_signature=tf.TensorSpec([], tf.string)).map(lambda text: {"text": text})
-  return source._reader(tf.constant(job.path))  # pylint: disable=protected-access
+  # TFDS, with as many shards as files: shard i is file i.
+  return source.get_dataset(job.split, shuffle=False,
+                            shard_info=seqio.ShardInfo(job.index, job.count))
 
 
 def _token_batches(job: FileJob, skipped: collections.Counter,
@@ -132,33 +133,25 @@ def _write_blocks(job: FileJob, local_path: str, skipped: collections.Counter,
   return tokens, blocks, documents
 
 
-def _live_build(tmp_path: str) -> bool:
-  """Whether the local temporary file `...tmp-PID` belongs to a build still running here."""
-  pid = tmp_path.rsplit("-", 1)[-1]
-  return pid.isdigit() and lock.pid_alive(int(pid))
-
-
 def build_file(job: FileJob) -> dict[str, Any]:
   """Caches one input file (or records it as bad) and writes its done marker; the marker."""
   t0 = time.perf_counter()
   name = cache_lib.data_file(job.index, job.count)
   final = os.path.join(job.directory, name)
-  remote = "://" in job.directory  # gs:// (any tf.io.gfile filesystem): write here, copy there
+  remote = files.is_remote(job.directory)  # ArrayRecord writes locally: write here, copy there
   tmp_dir = tempfile.mkdtemp(prefix="t5lite-cache-") if remote else None
-  local = (os.path.join(tmp_dir, name) if remote else f"{final}.tmp-{os.getpid()}")
-  for stale in tf.io.gfile.glob(f"{final}.tmp-*"):  # left by a killed build of this file
-    if remote or not _live_build(stale):  # not another live build's, here
-      tf.io.gfile.remove(stale)
+  local = os.path.join(tmp_dir, name) if remote else files.temporary_name(final)
+  files.remove_stale_temporaries(final)  # a killed build's of this file (never a live one's)
   skipped, failure = collections.Counter(), {}
   try:
     tokens, blocks, documents = _write_blocks(job, local, skipped, failure)
     error = failure.get("error")
     keep = not error and tokens > 0
     if keep and remote:
-      tf.io.gfile.copy(local, f"{final}.tmp-{os.getpid()}", overwrite=True)
-      tf.io.gfile.rename(f"{final}.tmp-{os.getpid()}", final, overwrite=True)
+      files.copy(local, files.temporary_name(final), overwrite=True)
+      files.rename(files.temporary_name(final), final, overwrite=True)
     elif keep:
-      os.replace(local, final)
+      files.rename(local, final, overwrite=True)
   finally:
     if tmp_dir:
       shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -187,7 +180,7 @@ def build_file(job: FileJob) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 def _markers(directory: str, count: int) -> dict[int, dict]:
   done = {}
-  for path in tf.io.gfile.glob(os.path.join(directory, "*.done.json")):
+  for path in files.glob(os.path.join(directory, "*.done.json")):
     index = int(os.path.basename(path).split("-of-")[0])
     if index < count:
       done[index] = cache_lib.read_json(path)
@@ -207,42 +200,42 @@ def build_split(task: seqio.Task, split: str, output: str, workers: int = 1,
                 echo: Callable[[str], None] = print) -> Optional[cache_lib.CacheMetadata]:
   """Caches this host's share of `task`'s split under output/<key name>; the metadata once every
   file is done (by any host), else None."""
-  key = cache_lib.cache_key(task, split)
+  key = keys.cache_key(task, split)
   directory = os.path.join(output, key.name)
   meta_path = os.path.join(directory, cache_lib.METADATA)
-  if tf.io.gfile.exists(meta_path):
+  if files.exists(meta_path):
     echo(f"t5lite cache: {directory} is complete")
     return cache_lib.CacheMetadata.from_json(cache_lib.read_json(meta_path))
-  files = cache_lib.source_files(task.source, split)
+  inputs = keys.source_files(task.source, split)
   vocabulary = task.output_features[cache_lib.FEATURE].vocabulary
-  steps = cache_lib.pre_objective_steps(task)
-  tf.io.gfile.makedirs(directory)
-  jobs = [FileJob(task.source, steps, task.output_features, split, i, len(files), path,
+  steps = list(tasks.spec(task).pre_objective)
+  files.makedirs(directory)
+  jobs = [FileJob(task.source, steps, task.output_features, split, i, len(inputs), path,
                   directory, block_tokens, cache_lib.token_dtype(vocabulary.vocab_size).name,
-                  key.digest) for i, path in enumerate(files)]
-  done = _markers(directory, len(files))
+                  key.digest) for i, path in enumerate(inputs)]
+  done = _markers(directory, len(inputs))
   for marker in done.values():
     _check_marker(marker, jobs[0], directory)
   index, count = shard
   todo = [job for job in jobs if job.index % count == index and job.index not in done]
-  echo(f"t5lite cache: {task.name} {split} -> {directory}: {len(files)} input files, "
+  echo(f"t5lite cache: {task.name} {split} -> {directory}: {len(inputs)} input files, "
        f"{len(todo)} to build here (shard {index}/{count}, {len(done)} already done)")
   for marker in _run(todo, workers):
     entry = marker["entry"]
     echo(f"  {os.path.basename(entry['source'])}: {entry['documents']} documents, "
          f"{entry['tokens']} tokens, {marker['seconds']:.1f} s"
          + (f" [skipped: {entry['error']}]" if entry["error"] else ""))
-  done = _markers(directory, len(files))
-  if len(done) < len(files):
-    echo(f"t5lite cache: {len(done)} of {len(files)} files done; the invocation that finishes "
+  done = _markers(directory, len(inputs))
+  if len(done) < len(inputs):
+    echo(f"t5lite cache: {len(done)} of {len(inputs)} files done; the invocation that finishes "
          "the last one writes metadata.json")
     return None
   metadata = cache_lib.CacheMetadata(
       format_version=cache_lib.FORMAT_VERSION, key=key.as_json(), block_tokens=block_tokens,
       dtype=jobs[0].dtype,
-      files=tuple(cache_lib.FileEntry(**done[i]["entry"]) for i in range(len(files))))
+      files=tuple(cache_lib.FileEntry(**done[i]["entry"]) for i in range(len(inputs))))
   if metadata.tokens == 0:
-    raise ValueError(f"{task.name!r}: its {split} split yields no examples: files {files} "
+    raise ValueError(f"{task.name!r}: its {split} split yields no examples: files {inputs} "
                      f"(errors: {metadata.bad_files or 'none; no text records'})")
   cache_lib.write_json(meta_path, metadata.as_json())
   echo(f"t5lite cache: wrote {meta_path}: {metadata.tokens} tokens, "
@@ -261,12 +254,6 @@ def _run(jobs: Sequence[FileJob], workers: int) -> Iterator[dict]:
       yield future.result()
 
 
-def leaf_tasks(name: str) -> list[seqio.Task]:
-  from t5lite.data.tasks.registry import get_task_or_mixture  # pylint: disable=g-import-not-at-top
-  provider = get_task_or_mixture(name)
-  return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
-
-
 def build(name: str, output: str, splits: Optional[Sequence[str]] = None, workers: int = 1,
           shard: tuple[int, int] = (0, 1), block_tokens: int = cache_lib.DEFAULT_BLOCK_TOKENS,
           echo: Callable[[str], None] = print) -> dict[str, Optional[cache_lib.CacheMetadata]]:
@@ -282,10 +269,10 @@ def build(name: str, output: str, splits: Optional[Sequence[str]] = None, worker
     raise ValueError(f"block_tokens must be positive, got {block_tokens}")
   results = {}
   for split in splits or DEFAULT_SPLITS:
-    for task in leaf_tasks(name):
+    for task, _ in tasks.leaf_tasks(name):
       if splits is None and not _has_split(task.source, split):
         continue
-      key = cache_lib.cache_key(task, split)
+      key = keys.cache_key(task, split)
       if key.name not in results:
         results[key.name] = build_split(task, split, output, workers, shard, block_tokens, echo)
   if not results:

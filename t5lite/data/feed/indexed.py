@@ -33,10 +33,11 @@ import threading
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
-import seqio
 
-from t5lite.data.cache import format as cache_lib
+from t5lite.data.cache.manifest import CachedTask
+from t5lite.data.cache.reader import ReadError, TokenCache, open_cache
 from t5lite.data.feed.features import FEATURES, TASK_IDS
+from t5lite.data.objectives.numpy_objectives import example_rng
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "t5lite.indexed/1"
@@ -44,8 +45,8 @@ RATE_SCALE = 1 << 20  # mixture rates become integer weights with this resolutio
 
 
 class Objective(Protocol):
-  """What t5lite.data.noise.for_task returns: raw pieces -> {"inputs", "targets"} (int32, EOS
-  included, within the lengths)."""
+  """A NumpyObjective (data/objectives/numpy_objectives.py): raw pieces -> {"inputs",
+  "targets"} (int32, EOS included, within the lengths)."""
 
   def raw_length(self) -> int:
     ...
@@ -54,18 +55,8 @@ class Objective(Protocol):
     ...
 
 
-ObjectiveFactory = Callable[[seqio.Task, Mapping[str, int]], Objective]
+ObjectiveFactory = Callable[[CachedTask, Mapping[str, int]], Objective]
 RngFn = Callable[[int, int], np.random.Generator]
-
-
-def noise_objective(task: seqio.Task, lengths: Mapping[str, int]) -> Objective:
-  from t5lite.data.objectives import numpy_objectives as noise  # pylint: disable=g-import-not-at-top
-  return noise.for_task(task, lengths)
-
-
-def noise_rng(seed: int, index: int) -> np.random.Generator:
-  from t5lite.data.objectives import numpy_objectives as noise  # pylint: disable=g-import-not-at-top
-  return noise.example_rng(seed, index)
 
 
 def seed32(*parts: Any) -> int:
@@ -103,7 +94,7 @@ def select(e: int, weights: Sequence[int]) -> tuple[int, int]:
 class _Task:
   """One task's example space: pieces of raw_length tokens of every file of its cache."""
   name: str
-  cache: cache_lib.TokenCache
+  cache: TokenCache
   objective: Objective
   raw_length: int
   cumulative: list[int]  # examples in files [0, f), for f = 0 .. files
@@ -113,21 +104,14 @@ class _Task:
     return self.cumulative[-1]
 
 
-def _leaf_tasks(name: str) -> list[tuple[seqio.Task, float]]:
-  from t5lite.data.tasks.registry import get_task_or_mixture  # pylint: disable=g-import-not-at-top
-  provider = get_task_or_mixture(name)
-  if isinstance(provider, seqio.Mixture):
-    return [(task, float(provider.get_rate(task))) for task in provider.tasks]
-  return [(provider, 1.0)]
-
-
 class IndexedStream:
   """This process's rows of each global batch of task or mixture `name`, from its token caches.
 
   batch_size is global; process p of process_count gets rows [p*B/P, (p+1)*B/P) of each batch.
   num_epochs (single tasks only) ends the stream after that many passes (the last batch is
   padded with empty rows); None repeats forever. shuffle=False reads examples in cache order.
-  objective_factory / rng_fn default to t5lite.data.noise's for_task / example_rng.
+  tasks: the CachedTasks of `name` (default: from the registered seqio tasks, cache/keys.py);
+  objective_factory(task, lengths) / rng_fn default to the task's NumPy objective / example_rng.
   task_ids adds the feature `decoder_task_ids` (the module docstring); off, batches keep the
   FEATURES of seqio's feature converter.
   """
@@ -137,7 +121,8 @@ class IndexedStream:
                num_epochs: Optional[int] = None, examples_per_row: int = 1,
                process_index: int = 0, process_count: int = 1,
                objective_factory: Optional[ObjectiveFactory] = None,
-               rng_fn: Optional[RngFn] = None, task_ids: bool = False):
+               rng_fn: Optional[RngFn] = None, task_ids: bool = False,
+               tasks: Optional[Sequence[CachedTask]] = None):
     if batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} does not divide over {process_count} processes")
     if not 0 <= process_index < process_count:
@@ -151,22 +136,25 @@ class IndexedStream:
     self.process_index, self.process_count = process_index, process_count
     self.rows = batch_size // process_count
     self.task_ids = task_ids
-    self._rng_fn = rng_fn or noise_rng
+    self._rng_fn = rng_fn or example_rng
     self._warned: set[str] = set()
     self._warn_lock = threading.Lock()
-    factory = objective_factory or noise_objective
-    caches: dict[str, cache_lib.TokenCache] = {}  # tasks on one source share one reader
+    if tasks is None:
+      from t5lite.data.cache import keys  # pylint: disable=g-import-not-at-top  (seqio, TensorFlow)
+      tasks = keys.cached_tasks(name, split)
+    caches: dict[str, TokenCache] = {}  # tasks on one source share one reader
     self.tasks, rates = [], []
-    for task, rate in _leaf_tasks(name):
-      key = cache_lib.cache_key(task, split).name
+    for task in tasks:
+      key = task.key.name
       if key not in caches:
-        caches[key] = cache_lib.open_cache(name, task, split, data_cache_dir)
-      objective = factory(task, self.lengths)
+        caches[key] = open_cache(name, task.name, task.key, split, data_cache_dir)
+      objective = (objective_factory(task, self.lengths) if objective_factory
+                   else task.numpy(self.lengths))
       raw = int(objective.raw_length())
       counts = caches[key].examples_per_file(raw)
       self.tasks.append(_Task(task.name, caches[key], objective, raw,
                               [0] + np.cumsum(counts).tolist()))
-      rates.append(rate)
+      rates.append(task.rate)
       if self.tasks[-1].size == 0:
         raise ValueError(f"task {task.name!r}: its cache {caches[key].directory} holds no piece "
                          f"of {raw} tokens")
@@ -263,7 +251,7 @@ class IndexedStream:
       task = self.tasks[t]
       try:
         pieces = task.cache.read(f, [s for _, s in items], task.raw_length)
-      except cache_lib.ReadError:  # retry one by one: only the pieces that fail are left out
+      except ReadError:  # retry one by one: only the pieces that fail are left out
         pieces = [self._read_one(task, f, start, bad) for _, start in items]
       for (n, _), piece in zip(items, pieces):
         tokens[n] = piece
@@ -284,7 +272,7 @@ class IndexedStream:
   def _read_one(self, task: _Task, f: int, start: int, bad: dict) -> Optional[np.ndarray]:
     try:
       return task.cache.read(f, [start], task.raw_length)[0]
-    except cache_lib.ReadError as e:
+    except ReadError as e:
       source = task.cache.metadata.files[f].source
       bad[source] = bad.get(source, 0) + 1
       with self._warn_lock:

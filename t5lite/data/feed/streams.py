@@ -17,7 +17,9 @@ from typing import Any, Iterator, Mapping, Optional
 import gin
 import numpy as np
 
+from t5lite.data.sources import json_lines
 from t5lite.data.sources import sources as sources_lib
+from t5lite.data.sources.json_lines import JsonLinesDataSource
 
 CACHE_STATE = "t5lite.indexed/1"
 
@@ -54,7 +56,7 @@ class TrainStream(Iterator[dict]):
                process_count: int, sources: Optional[sources_lib.Sources] = None):
     self.sources = sources or sources_lib.Sources()
     self.cached = bool(self.sources.cache_dir)
-    self._skipped_at_start = sum(sources_lib.skipped_records.values())
+    self._skipped_at_start = sum(json_lines.skipped_records.values())
     if self.cached:
       from t5lite.data.feed import indexed  # pylint: disable=g-import-not-at-top
       stream = indexed.IndexedStream(
@@ -91,9 +93,10 @@ class TrainStream(Iterator[dict]):
 
   def _empty_message(self) -> str:
     from t5lite.data.tasks import registry as tasks  # pylint: disable=g-import-not-at-top
-    where = sorted({repr(getattr(t.source, "_split_to_filepattern", {}).get("train", t.source))
+    where = sorted({repr(t.source.split_patterns("train")
+                         if isinstance(t.source, JsonLinesDataSource) else t.source)
                     for t, _ in tasks.leaf_tasks(self.name)})
-    skipped = dict(sources_lib.skipped_records)
+    skipped = dict(json_lines.skipped_records)
     return (f"{self.name!r}: the source yields no examples (train split of {', '.join(where)}"
             + (f"; records skipped: {skipped}" if skipped else "") + ")")
 
@@ -105,7 +108,7 @@ class TrainStream(Iterator[dict]):
 
   def counters(self) -> dict[str, float]:
     """Data metrics to log: records skipped for bad data, and the cache's counters."""
-    out = {"data_skipped_records": float(sum(sources_lib.skipped_records.values())
+    out = {"data_skipped_records": float(sum(json_lines.skipped_records.values())
                                          - self._skipped_at_start)}
     if self.cached:
       out.update({f"data_{k}": float(v) for k, v in self._it.counters().items()})

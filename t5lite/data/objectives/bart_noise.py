@@ -1,9 +1,11 @@
-"""BART's denoising noise (fairseq `fairseq/data/denoising_dataset.py`) in numpy, and its seqio
-preprocessors: text infilling, sentence permutation, token deletion, document rotation.
+"""BART's denoising noise (fairseq `fairseq/data/denoising_dataset.py`) in NumPy: text infilling,
+sentence permutation, token deletion, document rotation.
 
-`bart_noise` is fairseq's DenoisingDataset.__getitem__ on one example; the preprocessors run it
-through `tf.numpy_function` with a Generator seeded from seqio's per-example seed. Targets are
-always the clean text.
+`bart_noise` is fairseq's DenoisingDataset.__getitem__ on one example. Both paths run it: the
+token cache through `noise_fn` (a Generator keyed on the example), the tf.data path through
+`tf.numpy_function` (tf_objectives.py, a Generator seeded from seqio's per-example seed), each
+objective's parameters mapped to its arguments once, by `noise_kwargs`. Targets are always the
+clean text.
 
 BART with a SentencePiece vocabulary (the demo tasks): <mask> is the first sentinel
 (vocab_size - 1, `<extra_id_0>`), word starts are pieces beginning with '▁', full stop '.'.
@@ -14,11 +16,12 @@ import dataclasses
 import math
 from typing import Optional
 
-import numpy as np
-import seqio
-import tensorflow as tf
+import functools
+from typing import Any, Mapping
 
-from t5lite.data.objectives.tf_objectives import NUM_RESERVED_T5, _check_lengths, _chunks
+import numpy as np
+
+from t5lite.data.objectives.numpy_objectives import NUM_RESERVED_T5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +34,7 @@ class BartVocabInfo:
   random_high: int
 
 
-def bart_vocab_info(vocabulary: seqio.Vocabulary) -> BartVocabInfo:
+def bart_vocab_info(vocabulary) -> BartVocabInfo:
   """GPT-2 BPE: its <mask>, 'Ġ' word starts and '.'; SentencePiece: <extra_id_0>, '▁', '.'.
 
   Random replacement tokens: GPT-2 ids [4, <mask>) (fairseq draws from [1, len(dict)), specials
@@ -179,70 +182,28 @@ def bart_noise(tokens: np.ndarray, rng: np.random.Generator, info: BartVocabInfo
   return tokens
 
 
-def _bart(dataset, sequence_length, output_features, name, merge_examples_to_reduce_padding=True,
-          **noise_kwargs):
-  raw = _check_lengths(name, sequence_length)
-  info = bart_vocab_info(output_features["targets"].vocabulary)
-
-  def np_noise(tokens, seed):
-    rng = np.random.default_rng([int(s) & 0xFFFFFFFF for s in seed])
-    return bart_noise(tokens.astype(np.int64), rng, info, **noise_kwargs).astype(np.int32)
-
-  @seqio.map_over_dataset(num_seeds=1)
-  def noise(x, seed):
-    targets = x["targets"]
-    inputs = tf.numpy_function(np_noise, [targets, seed], tf.int32, stateful=False)
-    inputs.set_shape([None])
-    return {"inputs": tf.cast(inputs, targets.dtype), "targets": targets}
-
-  return noise(_chunks(dataset, raw, merge_examples_to_reduce_padding))
+NOISE_ARGS = ("permute_ratio", "mask_ratio", "poisson_lambda", "random_ratio", "replace_length",
+              "whole_words", "insert_ratio", "rotate_ratio")
 
 
-def bart_denoising(dataset, sequence_length, output_features, permute_ratio: float = 1.0,
-                   mask_ratio: float = 0.3, poisson_lambda: float = 3.0,
-                   random_ratio: float = 0.1, replace_length: int = 1, rotate_ratio: float = 0.0,
-                   insert_ratio: float = 0.0, **kwargs):
-  """BART-large's recipe (fairseq: --permute-sentences 1 --mask 0.3 --mask-random 0.1
-  --mask-length span-poisson --poisson-lambda 3 --replace-length 1 --rotate 0 --insert 0):
-  sentence permutation then text infilling. Targets are the full clean text."""
-  return _bart(dataset, sequence_length, output_features, "bart_denoising",
-               permute_ratio=permute_ratio, mask_ratio=mask_ratio, poisson_lambda=poisson_lambda,
-               random_ratio=random_ratio, replace_length=replace_length,
-               rotate_ratio=rotate_ratio, insert_ratio=insert_ratio, **kwargs)
+def noise_kwargs(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+  """bart_noise's arguments for BART objective `name` with `params` (registry.py's): token
+  deletion is fairseq's whole-word mask at subword level, span length 1, nothing put back
+  (--mask-length subword --replace-length 0); document rotation always rotates (--rotate 1)."""
+  kwargs = {k: v for k, v in params.items() if k in NOISE_ARGS}
+  if name == "bart_token_deletion":
+    kwargs.update(mask_ratio=params["ratio"], poisson_lambda=None, random_ratio=0.0,
+                  replace_length=0, whole_words=False)
+  elif name == "bart_document_rotation":
+    kwargs.update(rotate_ratio=1.0)
+  return kwargs
 
 
-def bart_text_infilling(dataset, sequence_length, output_features, mask_ratio: float = 0.3,
-                        poisson_lambda: float = 3.0, random_ratio: float = 0.1,
-                        replace_length: int = 1, **kwargs):
-  """BART text infilling (fairseq add_whole_word_mask, span-poisson): mask_ratio of the words in
-  spans of Poisson(lambda) words, each span -> one <mask> (a 0-length span inserts one),
-  random_ratio of the masks -> random tokens. Targets are the clean text."""
-  return _bart(dataset, sequence_length, output_features, "bart_text_infilling",
-               mask_ratio=mask_ratio, poisson_lambda=poisson_lambda, random_ratio=random_ratio,
-               replace_length=replace_length, **kwargs)
+def _noise(tokens, rng, **kwargs):
+  return bart_noise(tokens, rng, **kwargs), tokens
 
 
-def bart_sentence_permutation(dataset, sequence_length, output_features,
-                              permute_ratio: float = 1.0, **kwargs):
-  """BART sentence permutation (fairseq permute_sentences): split after each full stop '.',
-  shuffle ceil(ratio * sentences) of them. Targets are the clean text."""
-  return _bart(dataset, sequence_length, output_features, "bart_sentence_permutation",
-               permute_ratio=permute_ratio, **kwargs)
-
-
-def bart_token_deletion(dataset, sequence_length, output_features, ratio: float = 0.3,
-                        **kwargs):
-  """BART token deletion: fairseq add_whole_word_mask at subword level (--mask-length subword),
-  span length 1, --replace-length 0: deletes ceil(ratio * tokens) random tokens."""
-  return _bart(dataset, sequence_length, output_features, "bart_token_deletion",
-               mask_ratio=ratio, poisson_lambda=None, random_ratio=0.0, replace_length=0,
-               whole_words=False, **kwargs)
-
-
-def bart_document_rotation(dataset, sequence_length, output_features, **kwargs):
-  """BART document rotation (fairseq add_rolling_noise, --rotate 1): start at a uniformly random
-  token and wrap around. Targets are the clean text."""
-  return _bart(dataset, sequence_length, output_features, "bart_document_rotation",
-               rotate_ratio=1.0, **kwargs)
-
-
+def noise_fn(name: str, vocabulary, params: Mapping[str, Any], raw_length: int):
+  """The token cache's noise for BART objective `name` (registry.py's factory)."""
+  del raw_length
+  return functools.partial(_noise, info=bart_vocab_info(vocabulary), **noise_kwargs(name, params))

@@ -1,36 +1,28 @@
-"""Every pretraining objective in numpy, one raw token piece at a time, keyed on a Generator.
+"""Every pretraining objective in NumPy, one raw token piece at a time, keyed on a Generator.
 
-For the cached, index-addressed input path: the cache stores raw pieces of `raw_length()` tokens
-and each becomes an example here, with randomness drawn only from `example_rng(seed, index)`, so
-example `index` is the same whatever the process count, worker count or restart point:
+For the cached, index-addressed input path: the cache stores raw pieces of an objective's raw
+length and each becomes an example here, with randomness drawn only from
+`example_rng(seed, index)`, so example `index` is the same whatever the process count, worker
+count or restart point:
 
-  objective = noise.for_task(seqio.get_mixture_or_task("c4_span_corruption"),
-                             {"inputs": 512, "targets": 114})      # raw_length() == 568
-  example = objective(piece_L, noise.example_rng(seed, index))   # {"inputs", "targets"}, EOS'd
+  objective = registry.objective("span_corruption").numpy({"inputs": 512, "targets": 114}, vocab)
+  example = objective(piece_L, numpy_objectives.example_rng(seed, index))   # EOS'd inputs/targets
 
-The definitions are those of the TF preprocessors (span_corruption.py, objectives.py): the same
+The definitions are those of the TF preprocessors (tf_spans.py, tf_objectives.py): the same
 counts (float32 arithmetic and round-half-to-even, as tf.round), the same mask distributions,
 sentinel layouts, UL2 mode prefixes and `append_eos_after_trim`. The random streams differ (numpy
-vs TF stateless ops), so examples are equal in distribution, not token for token. BART reuses
-`bart_noise.bart_noise` itself.
+vs TF stateless ops), so examples are equal in distribution, not token for token. The noise
+factories here (spans_noise, ...) are what registry.py's specs name; BART's is bart_noise.py's.
 """
 from __future__ import annotations
 
 import functools
-import inspect
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
-import seqio
 from numpy.random.bit_generator import ISeedSequence
 
-from t5lite.data.objectives import bart_noise as bart_noise_lib
-from t5lite.data.objectives import tf_objectives as obj
-from t5lite.data.objectives import tf_spans as sc
-from t5lite.data.objectives.bart_noise import bart_noise
-from t5lite.data.objectives.bart_noise import bart_vocab_info
-
-NUM_RESERVED = obj.NUM_RESERVED_T5  # BERT-style random ids come from [3, vocab_size)
+NUM_RESERVED_T5 = 3  # pad, eos, unk: BERT-style random ids come from [3, vocab_size)
 
 Noise = Callable[[np.ndarray, np.random.Generator], "tuple[np.ndarray, np.ndarray]"]
 
@@ -215,19 +207,18 @@ def noise_token_to_random_token_or_sentinel(tokens: np.ndarray, noise_mask: np.n
   num_noise = int(noise_mask.sum())
   use_random = rng.random(num_noise, dtype=np.float32) < np.float32(random_prob)
   noise = np.full(num_noise, vocab_size - 1, tokens.dtype)
-  noise[use_random] = rng.integers(NUM_RESERVED, vocab_size, int(use_random.sum()))
+  noise[use_random] = rng.integers(NUM_RESERVED_T5, vocab_size, int(use_random.sum()))
   out = tokens.copy()
   out[noise_mask] = noise
   return out
 
 
 # ---------------------------------------------------------------------------------------------
-# Objectives: noise functions (tokens, rng) -> (inputs, targets), before the mode prefix and EOS
+# Noise factories (registry.py's specs): (vocabulary, params, raw_length) -> noise(tokens, rng)
 # ---------------------------------------------------------------------------------------------
-# Module-level functions bound by functools.partial: an Objective pickles (grain workers).
-def _spans_noise(tokens, rng, *, vocab_size: int, num_sentinels: int, noise_density: float,
-                 mean_noise_span_length: float, sentinels: np.ndarray):
-  """Span corruption / UL2 R, X: sentinels unique (num_sentinels 0) or repeating."""
+# Module-level functions bound by functools.partial: a NumpyObjective pickles (grain workers).
+def _spans(tokens, rng, *, vocab_size: int, num_sentinels: int, noise_density: float,
+           mean_noise_span_length: float, sentinels: np.ndarray):
   n = len(tokens)
   if noise_density == 0.0 or n < 2:  # TF's sentinel functions on the mask
     mask = random_spans_noise_mask(n, noise_density, mean_noise_span_length, rng)
@@ -239,99 +230,66 @@ def _spans_noise(tokens, rng, *, vocab_size: int, num_sentinels: int, noise_dens
   return _span_corrupt(tokens, *starts, sentinels)
 
 
-def _prefix_noise(tokens, rng, *, noise_density: float):
+def spans_noise(vocabulary, params: Mapping, raw_length: int, unique_sentinels: bool) -> Noise:
+  """Span corruption (unique sentinels, as t5's: they run on past the extra ids) or UL2 R/X
+  (sentinels repeat after the vocabulary's extra ids)."""
+  vocab_size = vocabulary.vocab_size
+  num_sentinels = 0 if unique_sentinels else max(vocabulary.extra_ids, 0)
+  return functools.partial(
+      _spans, vocab_size=vocab_size, num_sentinels=num_sentinels,
+      noise_density=params["noise_density"],
+      mean_noise_span_length=params["mean_noise_span_length"],
+      sentinels=sentinel_ids(vocab_size, raw_length // 2 + 1, num_sentinels))  # spans <= n/2
+
+
+def _prefix(tokens, rng, *, noise_density: float):
   k = max(_prefix_inputs(len(tokens), noise_density, rng), 0)
   return tokens[:k], tokens[k:]
 
 
-def _iid_noise(tokens, rng, *, vocab_size: int, num_sentinels: int, noise_density: float):
+def prefix_noise(vocabulary, params: Mapping, raw_length: int) -> Noise:
+  del vocabulary, raw_length
+  return functools.partial(_prefix, noise_density=params["noise_density"])
+
+
+def _iid(tokens, rng, *, vocab_size: int, num_sentinels: int, noise_density: float):
   mask = iid_noise_mask(len(tokens), noise_density, rng)
   return (noise_span_to_sentinel(tokens, mask, vocab_size, num_sentinels),
           nonnoise_span_to_sentinel(tokens, mask, vocab_size, num_sentinels))
 
 
-def _bert_noise(tokens, rng, *, vocab_size: int, noise_density: float, random_prob: float):
+def iid_noise(vocabulary, params: Mapping, raw_length: int) -> Noise:
+  del raw_length
+  return functools.partial(_iid, vocab_size=vocabulary.vocab_size,
+                           num_sentinels=max(vocabulary.extra_ids, 0),
+                           noise_density=params["noise_density"])
+
+
+def _bert(tokens, rng, *, vocab_size: int, noise_density: float, random_prob: float):
   mask = iid_noise_mask(len(tokens), noise_density, rng)
   return noise_token_to_random_token_or_sentinel(tokens, mask, vocab_size, rng,
                                                  random_prob), tokens
 
 
-def _deshuffle_noise(tokens, rng):
+def bert_noise(vocabulary, params: Mapping, raw_length: int) -> Noise:
+  del raw_length
+  return functools.partial(_bert, vocab_size=vocabulary.vocab_size,
+                           noise_density=params["noise_density"],
+                           random_prob=params["random_prob"])
+
+
+def _deshuffle(tokens, rng):
   return rng.permutation(tokens), tokens
 
 
-def _bart_noise(tokens, rng, **kwargs):
-  return bart_noise(tokens, rng, **kwargs), tokens
+def deshuffle_noise(vocabulary, params: Mapping, raw_length: int) -> Noise:
+  del vocabulary, params, raw_length
+  return _deshuffle
 
 
-_BART_NOISE_ARGS = frozenset(inspect.signature(bart_noise).parameters) - {
-    "tokens", "rng", "info", "stats"}
-
-
-def _bart_noise_kwargs(name: str, kwargs: Mapping) -> dict:
-  """bart_noise's arguments as each BART preprocessor of objectives.py passes them."""
-  noise_kwargs = {k: v for k, v in kwargs.items() if k in _BART_NOISE_ARGS}
-  if name == "bart_token_deletion":
-    noise_kwargs.update(mask_ratio=kwargs["ratio"], poisson_lambda=None, random_ratio=0.0,
-                        replace_length=0, whole_words=False)
-  elif name == "bart_document_rotation":
-    noise_kwargs.update(rotate_ratio=1.0)
-  return noise_kwargs
-
-
-def _make_noise(name: str, vocabulary: seqio.Vocabulary, kwargs: Mapping,
-                raw_length: int) -> Noise:
-  vocab_size = vocabulary.vocab_size
-  extra_ids = max(vocabulary.extra_ids, 0)  # UL2 / iid sentinels repeat after these
-  if name in ("span_corruption", "ul2_denoiser"):
-    num_sentinels = 0 if name == "span_corruption" else extra_ids
-    return functools.partial(
-        _spans_noise, vocab_size=vocab_size, num_sentinels=num_sentinels,
-        noise_density=kwargs["noise_density"],
-        mean_noise_span_length=kwargs["mean_noise_span_length"],
-        sentinels=sentinel_ids(vocab_size, raw_length // 2 + 1, num_sentinels))  # spans <= n/2
-  if name in ("prefix_lm", "ul2_prefix_lm"):
-    if kwargs["noise_density"] > 0.5:
-      raise ValueError(f"prefix LM noise density must be <= 0.5; got {kwargs['noise_density']}")
-    return functools.partial(_prefix_noise, noise_density=kwargs["noise_density"])
-  if name == "iid_denoising":
-    return functools.partial(_iid_noise, vocab_size=vocab_size, num_sentinels=extra_ids,
-                             noise_density=kwargs["noise_density"])
-  if name == "bert_style_denoising":
-    return functools.partial(_bert_noise, vocab_size=vocab_size,
-                             noise_density=kwargs["noise_density"],
-                             random_prob=kwargs["random_prob"])
-  if name == "deshuffling":
-    return _deshuffle_noise
-  if name.startswith("bart_") and name in obj.OBJECTIVE_NAMES:
-    return functools.partial(_bart_noise, info=bart_vocab_info(vocabulary),
-                             **_bart_noise_kwargs(name, kwargs))
-  raise ValueError(f"unknown objective {name!r}; expected one of {obj.OBJECTIVE_NAMES}")
-
-
-def _with_defaults(name: str, kwargs: Mapping) -> dict:
-  """The preprocessor's keyword defaults updated by kwargs; a ValueError for a wrong argument."""
-  if name not in obj.OBJECTIVE_NAMES:
-    raise ValueError(f"unknown objective {name!r}; expected one of {obj.OBJECTIVE_NAMES}")
-  module = sc if name == "span_corruption" else (
-      bart_noise_lib if name.startswith("bart_") else obj)
-  fn = getattr(module, name)
-  params = inspect.signature(fn).parameters
-  defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-  takes_more = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-  for k in kwargs:  # BART preprocessors pass **kwargs on to bart_noise
-    if k not in params and not (takes_more and k in _BART_NOISE_ARGS):
-      raise ValueError(f"{name} has no argument {k!r}")
-  missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty
-             and p.kind is p.POSITIONAL_OR_KEYWORD and k not in kwargs
-             and k not in ("dataset", "sequence_length", "output_features")]
-  if missing:
-    raise ValueError(f"{name} needs the arguments {missing}")
-  kwargs = {**defaults, **kwargs}
-  kwargs.pop("merge_examples_to_reduce_padding", None)  # chunking: the cache's business
-  return kwargs
-
-
+# ---------------------------------------------------------------------------------------------
+# The objective of a task at its lengths
+# ---------------------------------------------------------------------------------------------
 def _with_eos(prefix: np.ndarray, x: np.ndarray, length: int, eos_id: int) -> np.ndarray:
   """seqio append_eos_after_trim on prefix + x: int32 [min(len, length - 1) + 1]."""
   p = min(len(prefix), length - 1)
@@ -343,30 +301,23 @@ def _with_eos(prefix: np.ndarray, x: np.ndarray, length: int, eos_id: int) -> np
   return out
 
 
-class Objective:
-  """One task's objective: a raw token piece + its Generator -> {"inputs", "targets"} with EOS.
+class NumpyObjective:
+  """One objective at its lengths: a raw token piece + its Generator -> {"inputs", "targets"}
+  with EOS (registry.Objective.numpy builds it). The piece is `raw_length()` tokens (the last
+  piece of a stream may be shorter)."""
 
-  The piece is `raw_length()` tokens (the last piece of a stream may be shorter).
-  """
-
-  def __init__(self, name: str, sequence_length: Mapping[str, int],
-               vocabulary: seqio.Vocabulary, **kwargs):
-    """kwargs: the objective preprocessor's keyword arguments (tasks.task_objective)."""
-    kwargs = _with_defaults(name, kwargs)
-    self.name = name
-    self.kwargs = kwargs
-    mode = kwargs.get("mode") if name in ("ul2_denoiser", "ul2_prefix_lm") else None
-    self.prefix = np.asarray(list(vocabulary.encode(mode)) if mode else [], np.int32)
-    # The preprocessor's own length check and message (targets too short, no lengths).
-    self._raw_length = obj._check_lengths(  # pylint: disable=protected-access
-        name, sequence_length, len(self.prefix), **kwargs)
+  def __init__(self, name: str, params: Mapping, raw_length: int, prefix: Sequence[int],
+               sequence_length: Mapping[str, int], eos_id: int, noise: Noise):
+    self.name, self.kwargs = name, dict(params)
+    self.prefix = np.asarray(prefix, np.int32)
+    self._raw_length = int(raw_length)
     self.inputs_length = int(sequence_length["inputs"])
     self.targets_length = int(sequence_length["targets"])
-    self.eos_id = vocabulary.eos_id
-    self._noise = _make_noise(name, vocabulary, kwargs, self._raw_length)
+    self.eos_id = eos_id
+    self._noise = noise
 
   def raw_length(self) -> int:
-    """Raw tokens per example at these lengths (objectives.raw_tokens_length)."""
+    """Raw tokens per example at these lengths (registry.Objective.raw_length)."""
     return self._raw_length
 
   def __call__(self, tokens_L: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -376,33 +327,4 @@ class Objective:
             "targets": _with_eos(self.prefix[:0], targets, self.targets_length, self.eos_id)}
 
   def __repr__(self):
-    return f"Objective({self.name!r}, raw_length={self._raw_length}, {self.kwargs})"
-
-
-def for_task(task: seqio.Task, sequence_length: Mapping[str, int]) -> Objective:
-  """The Objective of a seqio Task (its objective preprocessor, kwargs and vocabulary).
-
-  ValueError naming the task if it has no known objective, if its targets length is too short,
-  or if its features are not what the objective preprocessors assume (one vocabulary, EOS).
-  """
-  from t5lite.data.tasks.registry import task_objective  # pylint: disable=g-import-not-at-top
-  if not isinstance(task, seqio.Task):
-    raise ValueError(f"for_task needs a seqio.Task; got {task!r} (a mixture: one Objective per "
-                     "task)")
-  name, kwargs = task_objective(task)
-  if name is None:
-    raise ValueError(f"task {task.name!r} has no pretraining objective among its preprocessors "
-                     f"(expected one of {obj.OBJECTIVE_NAMES})")
-  features = task.output_features
-  if "targets" not in features or not features["targets"].add_eos or (
-      "inputs" in features and not features["inputs"].add_eos):
-    raise ValueError(f"task {task.name!r}: expected 'targets' (and 'inputs') features with "
-                     "add_eos=True, as append_eos_after_trim after the objective assumes")
-  vocabulary = features["targets"].vocabulary
-  if "inputs" in features and features["inputs"].vocabulary != vocabulary:
-    raise ValueError(f"task {task.name!r}: {name} needs the same vocabulary for inputs and "
-                     "targets")
-  try:
-    return Objective(name, sequence_length, vocabulary, **kwargs)
-  except ValueError as e:
-    raise ValueError(f"task {task.name!r}: {e}") from e
+    return f"NumpyObjective({self.name!r}, raw_length={self._raw_length}, {self.kwargs})"

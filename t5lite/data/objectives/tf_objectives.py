@@ -1,18 +1,14 @@
-"""T5 and UL2 pretraining objectives beyond span corruption, as seqio preprocessors; lengths.
+"""Every objective's seqio preprocessor (the tf.data path), by the name registry.py's specs give.
 
-Each public preprocessor runs the whole chain on tokenized `targets` (like `span_corruption`):
-select_random_chunk -> reduce_concat_tokens -> split_tokens(raw length) -> noise, and leaves
-EOS to `append_eos_after_trim`. Randomness comes only from seqio's per-example seeds
-(`seqio.map_over_dataset(num_seeds=1)`), so a pipeline is deterministic given seqio's seed.
+Each runs the whole chain on tokenized `targets`: select_random_chunk -> reduce_concat_tokens ->
+split_tokens(raw length) -> noise, and leaves EOS to `append_eos_after_trim`. Randomness comes
+only from seqio's per-example seeds (`seqio.map_over_dataset(num_seeds=1)`), so a pipeline is
+deterministic given seqio's seed. Lengths and their errors are registry.Objective.check's.
 
-Sources: T5 objectives follow the `t5` package (`t5/data/preprocessors.py`: prefix_lm,
-iid_denoising, noise_token_to_random_token_or_sentinel, deshuffling); UL2 follows Tay et al. 2022
-("UL2: Unifying Language Learning Paradigms", the mixture of denoisers of its section 3). BART's noise is bart_noise.py.
-
-Lengths (every objective, BART's included): `raw_tokens_length(...)` is how many raw tokens one
-example consumes for a given inputs length, and `required_targets_length(...)` the targets length
-it needs; each preprocessor raises a ValueError naming both when `sequence_length["targets"]` is
-too short.
+Sources: T5 objectives follow the `t5` package (`t5/data/preprocessors.py`: span_corruption,
+prefix_lm, iid_denoising, noise_token_to_random_token_or_sentinel, deshuffling); UL2 follows Tay
+et al. 2022 ("UL2: Unifying Language Learning Paradigms", section 3); BART runs bart_noise.py's
+fairseq noise through tf.numpy_function.
 
 UL2 mode tokens are plain text ("[NLU]", "[NLG]", "[S2S]"), encoded with the task's own
 vocabulary and prepended to the inputs (T5 SentencePiece: '▁[', 'N', 'LU', ']' = 4 ids), as
@@ -21,106 +17,26 @@ the released UL2 checkpoints expect; no ids are reserved, so any vocabulary work
 from __future__ import annotations
 
 import functools
-import math
 from typing import Mapping, Optional
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5lite.data.objectives.tf_spans import denoise
-from t5lite.data.objectives.tf_spans import random_spans_helper
-from t5lite.data.objectives.tf_spans import random_spans_noise_mask
-from t5lite.data.objectives.tf_spans import reduce_concat_tokens
-from t5lite.data.objectives.tf_spans import select_random_chunk
-from t5lite.data.objectives.tf_spans import split_tokens
+from t5lite.data.objectives import bart_noise, registry
+from t5lite.data.objectives.numpy_objectives import NUM_RESERVED_T5
+from t5lite.data.objectives.registry import UL2_R, UL2_S
+from t5lite.data.objectives.tf_spans import (denoise, nonnoise_span_to_unique_sentinel,
+                                             noise_span_to_unique_sentinel,
+                                             random_spans_noise_mask, reduce_concat_tokens,
+                                             select_random_chunk, split_tokens)
 
 AUTOTUNE = tf.data.AUTOTUNE
-NUM_RESERVED_T5 = 3  # pad, eos, unk: random tokens of BERT-style noise come from [3, vocab)
-UL2_R, UL2_X, UL2_S = "[NLU]", "[NLG]", "[S2S]"
 
 
-# ---------------------------------------------------------------------------------------------
-# Lengths
-# ---------------------------------------------------------------------------------------------
-def _iid_targets_bound(tokens_length: int, noise_density: float) -> int:
-  """Mean + 4 sigma of (noise tokens + sentinels + EOS) under iid noise; longer ones get trimmed."""
-  p = noise_density
-  mean = tokens_length * p * (2 - p)  # each noise token, plus a sentinel where a run starts
-  var_term = 4 * p * (1 - p) + p * p - (p * (2 - p)) ** 2
-  cov_adjacent = -p * p * (2 - p) * (1 - p)
-  sigma = math.sqrt(max(tokens_length * (var_term + 2 * cov_adjacent), 0.0))
-  return min(int(math.ceil(mean + 4 * sigma)) + 1, tokens_length + 1)
-
-
-def _prefix_min_inputs(tokens_length: int, noise_density: float) -> int:
-  """t5 random_prefix_noise_mask: the prefix has between this and tokens_length - 1 tokens."""
-  max_inputs = tokens_length - 1
-  return min(max_inputs, max(1, int(round((1 - 2 * noise_density) * max_inputs))))
-
-
-def raw_tokens_length(objective: str, inputs_length: int, prefix_length: int = 0,
-                      noise_density: float = 0.15, mean_noise_span_length: float = 3.0,
-                      **unused) -> int:
-  """Raw tokens per example so that the inputs (prefix + noised tokens + EOS) fit inputs_length."""
-  budget = inputs_length - prefix_length
-  if budget < 2:
-    raise ValueError(f"inputs length {inputs_length} leaves no room after a {prefix_length}-token "
-                     "mode prefix and EOS")
-  if objective in ("span_corruption", "ul2_denoiser"):
-    return random_spans_helper(budget, noise_density, mean_noise_span_length)[0]
-  if objective in OBJECTIVE_NAMES:
-    return budget - 1
-  raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVE_NAMES}")
-
-
-def required_targets_length(objective: str, inputs_length: int, prefix_length: int = 0,
-                            noise_density: Optional[float] = None,
-                            mean_noise_span_length: float = 3.0, **unused) -> int:
-  """Targets length (with EOS) the objective needs for `inputs_length`.
-
-  span_corruption / ul2_denoiser: t5's random_spans_helper (512 -> 114 at 0.15, mean 3).
-  bart_*, bert_style_denoising, deshuffling: the clean text, = inputs_length - prefix_length.
-  prefix_lm / ul2_prefix_lm: the longest suffix t5's random_prefix_noise_mask can leave.
-  iid_denoising: mean + 4 sigma of noise tokens + sentinels (rarer longer ones are trimmed).
-  """
-  if noise_density is None:
-    noise_density = {"prefix_lm": 0.5, "ul2_prefix_lm": 0.25}.get(objective, 0.15)
-  raw = raw_tokens_length(objective, inputs_length, prefix_length, noise_density,
-                          mean_noise_span_length)
-  if objective in ("span_corruption", "ul2_denoiser"):
-    return random_spans_helper(inputs_length - prefix_length, noise_density,
-                               mean_noise_span_length)[1]
-  if objective in ("prefix_lm", "ul2_prefix_lm"):
-    return raw - _prefix_min_inputs(raw, noise_density) + 1
-  if objective == "iid_denoising":
-    return _iid_targets_bound(raw, noise_density)
-  return raw + 1
-
-
-def _describe(objective: str, kwargs) -> str:
-  rate = kwargs.get("noise_density")
-  mean = kwargs.get("mean_noise_span_length")
-  if objective == "ul2_denoiser":
-    kind = "R" if kwargs.get("mode") == UL2_R else "X"
-    return f"UL2 {kind}-denoiser (mean {mean:g}, rate {rate:g})"
-  if objective == "ul2_prefix_lm":
-    return f"UL2 S-denoiser (prefix LM, rate {rate:g})"
-  return objective
-
-
-def _check_lengths(objective: str, sequence_length: Optional[Mapping[str, int]],
-                   prefix_length: int = 0, **kwargs) -> int:
-  """Raw tokens per example; a ValueError naming the objective if targets can't hold it."""
-  if not sequence_length or "inputs" not in sequence_length or "targets" not in sequence_length:
-    raise ValueError(f"{_describe(objective, kwargs)} needs sequence_length with 'inputs' and "
-                     f"'targets' (TASK_FEATURE_LENGTHS); got {sequence_length}")
-  inputs_length, targets_length = sequence_length["inputs"], sequence_length["targets"]
-  need = required_targets_length(objective, inputs_length, prefix_length, **kwargs)
-  if targets_length < need:
-    raise ValueError(
-        f"{_describe(objective, kwargs)} needs targets >= {need} for inputs {inputs_length}; "
-        f"TASK_FEATURE_LENGTHS has targets {targets_length}")
-  return raw_tokens_length(objective, inputs_length, prefix_length, **kwargs)
+def _check(name: str, sequence_length, prefix_length: int = 0, **params) -> int:
+  """Raw tokens per example (registry.Objective.check: the objective's length errors)."""
+  return registry.objective(name, **params).check(sequence_length, prefix_length)
 
 
 def _chunks(dataset, raw_length: int, merge_examples_to_reduce_padding: bool = True):
@@ -221,7 +137,8 @@ def noise_token_to_random_token_or_sentinel(tokens, noise_mask, vocab_size, seed
 def _prefix_lm(dataset, sequence_length, output_features, objective, noise_density, mode,
                merge_examples_to_reduce_padding):
   prefix = _mode_ids(output_features, mode)
-  raw = _check_lengths(objective, sequence_length, len(prefix), noise_density=noise_density)
+  raw = _check(objective, sequence_length, len(prefix), noise_density=noise_density,
+               **({"mode": mode} if mode else {}))
   ds = _chunks(dataset, raw, merge_examples_to_reduce_padding)
   ds = denoise(ds, output_features, noise_density=noise_density,
                noise_mask_fn=random_prefix_noise_mask, inputs_fn=drop_noise_tokens,
@@ -241,7 +158,7 @@ def iid_denoising(dataset, sequence_length, output_features, noise_density: floa
                   merge_examples_to_reduce_padding: bool = True):
   """t5 iid_denoising: each token is noise w.p. 0.15; runs of noise -> sentinels (as t5's unique
   sentinels, repeating after the vocabulary's extra ids: see noise_span_to_sentinel)."""
-  raw = _check_lengths("iid_denoising", sequence_length, noise_density=noise_density)
+  raw = _check("iid_denoising", sequence_length, noise_density=noise_density)
   ds = _chunks(dataset, raw, merge_examples_to_reduce_padding)
   inputs_fn, targets_fn = _sentinel_fns(output_features)
   return denoise(ds, output_features, noise_density=noise_density, noise_mask_fn=iid_noise_mask,
@@ -253,7 +170,8 @@ def bert_style_denoising(dataset, sequence_length, output_features, noise_densit
   """T5 paper's BERT-style objective (t5 noise_token_to_random_token_or_sentinel): iid noise
   p=0.15; a noise token becomes a random id in [3, vocab) w.p. 0.1, else the single sentinel
   vocab_size - 1. Targets are the full original."""
-  raw = _check_lengths("bert_style_denoising", sequence_length, noise_density=noise_density)
+  raw = _check("bert_style_denoising", sequence_length, noise_density=noise_density,
+               random_prob=random_prob)
   ds = _chunks(dataset, raw, merge_examples_to_reduce_padding)
   return denoise(ds, output_features, noise_density=noise_density, noise_mask_fn=iid_noise_mask,
                  inputs_fn=functools.partial(noise_token_to_random_token_or_sentinel,
@@ -263,7 +181,7 @@ def bert_style_denoising(dataset, sequence_length, output_features, noise_densit
 def deshuffling(dataset, sequence_length, output_features,
                 merge_examples_to_reduce_padding: bool = True):
   """T5 paper's deshuffling: inputs = the chunk's tokens in a random order; targets = original."""
-  raw = _check_lengths("deshuffling", sequence_length)
+  raw = _check("deshuffling", sequence_length)
   ds = _chunks(dataset, raw, merge_examples_to_reduce_padding)
 
   @seqio.map_over_dataset(num_seeds=1)
@@ -287,9 +205,8 @@ def ul2_denoiser(dataset, sequence_length, output_features, mean_noise_span_leng
   Sentinels repeat after the vocabulary's extra ids (noise_span_to_sentinel).
   """
   prefix = _mode_ids(output_features, mode)
-  kwargs = dict(noise_density=noise_density, mean_noise_span_length=mean_noise_span_length,
-                mode=mode)
-  raw = _check_lengths("ul2_denoiser", sequence_length, len(prefix), **kwargs)
+  raw = _check("ul2_denoiser", sequence_length, len(prefix), noise_density=noise_density,
+               mean_noise_span_length=mean_noise_span_length, mode=mode)
   inputs_fn, targets_fn = _sentinel_fns(output_features)
   ds = _chunks(dataset, raw, merge_examples_to_reduce_padding)
   ds = denoise(ds, output_features, noise_density=noise_density,
@@ -307,26 +224,91 @@ def ul2_prefix_lm(dataset, sequence_length, output_features, noise_density: floa
                     mode, merge_examples_to_reduce_padding)
 
 
-# (name, kind, preprocessor kwargs, mixture rate): S ~20%, the six span denoisers share the rest.
-UL2_DENOISERS = (
-    ("ul2_r_mean3_rate15", "r", dict(mean_noise_span_length=3, noise_density=0.15), 0.8 / 6),
-    ("ul2_r_mean8_rate15", "r", dict(mean_noise_span_length=8, noise_density=0.15), 0.8 / 6),
-    ("ul2_x_mean3_rate50", "x", dict(mean_noise_span_length=3, noise_density=0.5), 0.8 / 6),
-    ("ul2_x_mean8_rate50", "x", dict(mean_noise_span_length=8, noise_density=0.5), 0.8 / 6),
-    ("ul2_x_mean64_rate15", "x", dict(mean_noise_span_length=64, noise_density=0.15), 0.8 / 6),
-    ("ul2_x_mean64_rate50", "x", dict(mean_noise_span_length=64, noise_density=0.5), 0.8 / 6),
-    ("ul2_s_rate25", "s", dict(noise_density=0.25), 0.2),
-)
+# ---------------------------------------------------------------------------------------------
+# Span corruption (T5) and BART
+# ---------------------------------------------------------------------------------------------
+def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int],
+                    output_features: Mapping[str, seqio.Feature],
+                    mean_noise_span_length: float = 3.0, noise_density: float = 0.15,
+                    merge_examples_to_reduce_padding: bool = True) -> tf.data.Dataset:
+  """T5's pretraining objective on tokenized `targets`; EOS is appended later (append_eos_after_trim).
+
+  inputs = `a <X0> b <X1> ...`, targets = `<X0> n1 <X1> n2 ...`, with sentinels X0 = vocab - 1, ...
+  """
+  tokens_length = _check("span_corruption", sequence_length, noise_density=noise_density,
+                         mean_noise_span_length=mean_noise_span_length)
+  ds = select_random_chunk(dataset, output_features, max_length=65536)
+  if merge_examples_to_reduce_padding:
+    ds = reduce_concat_tokens(ds, batch_size=128)
+  ds = split_tokens(ds, max_tokens_per_segment=tokens_length)
+  return denoise(
+      ds, output_features, noise_density=noise_density,
+      noise_mask_fn=functools.partial(random_spans_noise_mask,
+                                      mean_noise_span_length=mean_noise_span_length),
+      inputs_fn=noise_span_to_unique_sentinel, targets_fn=nonnoise_span_to_unique_sentinel)
 
 
-def ul2_preprocessor(kind: str, **kwargs):
-  """The preprocessor of one UL2 denoiser: kind 'r' / 'x' (ul2_denoiser) or 's' (ul2_prefix_lm)."""
-  if kind == "s":
-    return functools.partial(ul2_prefix_lm, **kwargs)
-  return functools.partial(ul2_denoiser, mode=UL2_R if kind == "r" else UL2_X, **kwargs)
+def _bart(dataset, sequence_length, output_features, name, merge_examples_to_reduce_padding=True,
+          **params):
+  raw = _check(name, sequence_length, **params)
+  info = bart_noise.bart_vocab_info(output_features["targets"].vocabulary)
+  kwargs = bart_noise.noise_kwargs(name, params)
+
+  def np_noise(tokens, seed):
+    rng = np.random.default_rng([int(s) & 0xFFFFFFFF for s in seed])
+    return bart_noise.bart_noise(tokens.astype(np.int64), rng, info, **kwargs).astype(np.int32)
+
+  @seqio.map_over_dataset(num_seeds=1)
+  def noise(x, seed):
+    targets = x["targets"]
+    inputs = tf.numpy_function(np_noise, [targets, seed], tf.int32, stateful=False)
+    inputs.set_shape([None])
+    return {"inputs": tf.cast(inputs, targets.dtype), "targets": targets}
+
+  return noise(_chunks(dataset, raw, merge_examples_to_reduce_padding))
 
 
-OBJECTIVE_NAMES = (
-    "span_corruption", "bart_denoising", "bart_text_infilling", "bart_sentence_permutation",
-    "bart_token_deletion", "bart_document_rotation", "prefix_lm", "iid_denoising",
-    "bert_style_denoising", "deshuffling", "ul2_denoiser", "ul2_prefix_lm")
+def bart_denoising(dataset, sequence_length, output_features, permute_ratio: float = 1.0,
+                   mask_ratio: float = 0.3, poisson_lambda: float = 3.0,
+                   random_ratio: float = 0.1, replace_length: int = 1, rotate_ratio: float = 0.0,
+                   insert_ratio: float = 0.0, **kwargs):
+  """BART-large's recipe (fairseq: --permute-sentences 1 --mask 0.3 --mask-random 0.1
+  --mask-length span-poisson --poisson-lambda 3 --replace-length 1 --rotate 0 --insert 0):
+  sentence permutation then text infilling. Targets are the full clean text."""
+  return _bart(dataset, sequence_length, output_features, "bart_denoising",
+               permute_ratio=permute_ratio, mask_ratio=mask_ratio, poisson_lambda=poisson_lambda,
+               random_ratio=random_ratio, replace_length=replace_length,
+               rotate_ratio=rotate_ratio, insert_ratio=insert_ratio, **kwargs)
+
+
+def bart_text_infilling(dataset, sequence_length, output_features, mask_ratio: float = 0.3,
+                        poisson_lambda: float = 3.0, random_ratio: float = 0.1,
+                        replace_length: int = 1, **kwargs):
+  """BART text infilling (fairseq add_whole_word_mask, span-poisson): mask_ratio of the words in
+  spans of Poisson(lambda) words, each span -> one <mask> (a 0-length span inserts one),
+  random_ratio of the masks -> random tokens. Targets are the clean text."""
+  return _bart(dataset, sequence_length, output_features, "bart_text_infilling",
+               mask_ratio=mask_ratio, poisson_lambda=poisson_lambda, random_ratio=random_ratio,
+               replace_length=replace_length, **kwargs)
+
+
+def bart_sentence_permutation(dataset, sequence_length, output_features,
+                              permute_ratio: float = 1.0, **kwargs):
+  """BART sentence permutation (fairseq permute_sentences): split after each full stop '.',
+  shuffle ceil(ratio * sentences) of them. Targets are the clean text."""
+  return _bart(dataset, sequence_length, output_features, "bart_sentence_permutation",
+               permute_ratio=permute_ratio, **kwargs)
+
+
+def bart_token_deletion(dataset, sequence_length, output_features, ratio: float = 0.3,
+                        **kwargs):
+  """BART token deletion: fairseq add_whole_word_mask at subword level (--mask-length subword),
+  span length 1, --replace-length 0: deletes ceil(ratio * tokens) random tokens."""
+  return _bart(dataset, sequence_length, output_features, "bart_token_deletion", ratio=ratio,
+               **kwargs)
+
+
+def bart_document_rotation(dataset, sequence_length, output_features, **kwargs):
+  """BART document rotation (fairseq add_rolling_noise, --rotate 1): start at a uniformly random
+  token and wrap around. Targets are the clean text."""
+  return _bart(dataset, sequence_length, output_features, "bart_document_rotation", **kwargs)

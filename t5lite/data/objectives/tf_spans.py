@@ -1,8 +1,9 @@
-"""T5 span corruption (Raffel et al. 2019) as seqio preprocessors, written for t5lite.
+"""T5's span machinery in TF (Raffel et al. 2019), written for t5lite: random chunks, concatenation
+and splitting, noise masks, sentinels and `denoise`, which tf_objectives.py's preprocessors chain.
 
-Matches the `t5` package's `span_corruption` definitions (t5/data/preprocessors.py): the same lengths,
-the same noise-mask distribution and the same sentinel layout. Random ops are TF stateless ops
-fed by seqio's per-preprocessor seeds, so a pipeline is deterministic given seqio's seed.
+Matches the `t5` package's definitions (t5/data/preprocessors.py): the same lengths, the same
+noise-mask distribution and the same sentinel layout. Random ops are TF stateless ops fed by
+seqio's per-preprocessor seeds, so a pipeline is deterministic given seqio's seed.
 
 Token functions used by `denoise` have the signatures
   noise_mask_fn(length, noise_density, seeds) -> bool [length]
@@ -10,46 +11,13 @@ Token functions used by `denoise` have the signatures
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, Mapping, Optional
 
-import numpy as np
 import seqio
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-def random_spans_helper(inputs_length: int, noise_density: float, mean_noise_span_length: float,
-                        extra_tokens_per_span_inputs: int = 1,
-                        extra_tokens_per_span_targets: int = 1) -> tuple[int, int]:
-  """Raw tokens per example and encoded targets length that fill `inputs_length` exactly.
-
-  Both lengths count one EOS. 512 -> (568, 114); 1024 -> (1137, 229) at density 0.15, mean 3.
-  """
-
-  def lengths(tokens_length):
-    # The same counts random_spans_noise_mask uses (at least one noise span, one non-noise token),
-    # in float32 as it computes them: t5's helper uses float64 and omits the bounds, so at some
-    # lengths (e.g. inputs 172) its targets length is one span short and the targets get trimmed.
-    f32 = np.float32
-    num_noise = min(max(int(np.round(f32(tokens_length) * f32(noise_density))), 1),
-                    tokens_length - 1)
-    num_nonnoise = tokens_length - num_noise
-    num_spans = max(int(np.round(f32(num_noise) / f32(mean_noise_span_length))), 1)
-    return (num_nonnoise + num_spans * extra_tokens_per_span_inputs + 1,
-            num_noise + num_spans * extra_tokens_per_span_targets + 1)
-
-  tokens_length = inputs_length - 1
-  while lengths(tokens_length + 1)[0] <= inputs_length:
-    tokens_length += 1
-  _, targets_length = lengths(tokens_length)
-  # As in t5: at density 0.5 keep targets no longer than inputs (a round number).
-  if noise_density == 0.5 and targets_length > inputs_length:
-    tokens_length -= 1
-    targets_length -= 1
-  return tokens_length, targets_length
 
 
 def _stateless_shuffle(x, seed):
@@ -189,12 +157,6 @@ def split_tokens(dataset: tf.data.Dataset, max_tokens_per_segment: int,
   return dataset.map(lambda t, n: {feature_key: t[:n]}, num_parallel_calls=AUTOTUNE)
 
 
-def split_tokens_to_inputs_length(dataset, sequence_length, output_features, **kwargs):
-  """split_tokens to sequence_length['inputs'] (minus one for EOS when added)."""
-  max_tokens = sequence_length["inputs"] - int(output_features["inputs"].add_eos)
-  return split_tokens(dataset, max_tokens_per_segment=max_tokens, **kwargs)
-
-
 def denoise(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature],
             noise_density: float, noise_mask_fn: Callable, inputs_fn: Callable,
             targets_fn: Optional[Callable] = None, input_feature_key: str = "inputs",
@@ -219,27 +181,3 @@ def denoise(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Featur
     return {input_feature_key: inputs, "targets": targets}
 
   return noise(dataset)
-
-
-def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int],
-                    output_features: Mapping[str, seqio.Feature],
-                    mean_noise_span_length: float = 3.0, noise_density: float = 0.15,
-                    merge_examples_to_reduce_padding: bool = True) -> tf.data.Dataset:
-  """T5's pretraining objective on tokenized `targets`; EOS is appended later (append_eos_after_trim).
-
-  inputs = `a <X0> b <X1> ...`, targets = `<X0> n1 <X1> n2 ...`, with sentinels X0 = vocab - 1, ...
-  """
-  tokens_length, targets_length = random_spans_helper(
-      sequence_length["inputs"], noise_density, mean_noise_span_length)
-  if sequence_length["targets"] < targets_length:
-    raise ValueError(f"span corruption needs targets length {targets_length} for inputs length "
-                     f"{sequence_length['inputs']}; got {sequence_length['targets']}")
-  ds = select_random_chunk(dataset, output_features, max_length=65536)
-  if merge_examples_to_reduce_padding:
-    ds = reduce_concat_tokens(ds, batch_size=128)
-  ds = split_tokens(ds, max_tokens_per_segment=tokens_length)
-  return denoise(
-      ds, output_features, noise_density=noise_density,
-      noise_mask_fn=functools.partial(random_spans_noise_mask,
-                                      mean_noise_span_length=mean_noise_span_length),
-      inputs_fn=noise_span_to_unique_sentinel, targets_fn=nonnoise_span_to_unique_sentinel)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import collections
 import collections.abc
 import dataclasses
-import gzip
-import json
 import logging
 import os
 import threading
@@ -24,15 +22,13 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import gin
 import seqio
-import tensorflow as tf
 
-from t5lite import files
 from t5lite.data.sources import demo_corpus
+from t5lite.data.sources.json_lines import JsonLinesDataSource, Patterns, json_source
 from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary
 from t5lite.data.vocab.sentencepiece import T5_VOCAB_PATH
 from t5lite.data.vocab.sentencepiece import SentencePieceVocabulary
 
-Patterns = Union[str, Sequence[str]]
 GPT2_BPE_DIR = os.path.join(
     os.environ.get("T5LITE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "t5lite"),
     "gpt2_bpe")
@@ -86,96 +82,6 @@ class Sources:
 
 
 # ----------------------------------------------------------------------------- JSON lines
-
-
-class RecordError(ValueError):
-  """A JSON line that is not a JSON object with a string `text` field; `reason` says which."""
-
-  def __init__(self, message: str, reason: str):
-    super().__init__(message)
-    self.reason = reason
-
-
-class CorruptFileError(ValueError):
-  """A shard that cannot be read to its end (corrupt or truncated gzip, unreadable file)."""
-
-
-# Records skipped by the tf.data path in this process: {(file, reason): count}.
-skipped_records: collections.Counter = collections.Counter()
-_skip_lock = threading.Lock()
-_FILE_ERRORS = (OSError, EOFError, zlib.error)
-
-
-def parse_text(raw: bytes, key: str = "text") -> str:
-  """The `key` field of one JSON line; RecordError saying what is wrong with it."""
-  try:
-    record = json.loads(raw)
-  except ValueError as e:  # invalid JSON or invalid UTF-8 (UnicodeDecodeError is a ValueError)
-    raise RecordError(f"not a JSON line ({e})", "invalid_json") from None
-  if not isinstance(record, dict) or not isinstance(record.get(key), str):
-    keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-    raise RecordError(f"no string {key!r} field (has {keys})", "no_text")
-  return record[key]
-
-
-def json_texts(path: str, skipped: collections.Counter) -> Iterator[bytes]:
-  """The UTF-8 `text` of each line of one JSON-lines file (gzip when the name ends .gz). A bad
-  record is skipped and counted in skipped[(path, reason)], the first of a file logged with its
-  line; a file that cannot be read to its end raises CorruptFileError naming it."""
-  n = 0
-  try:
-    with files.open_file(path, "rb") as f:
-      stream = gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f
-      for n, line in enumerate(stream, 1):
-        if not line.strip():
-          continue
-        try:
-          text = parse_text(line).encode("utf-8")
-        except (RecordError, UnicodeEncodeError) as e:  # lone surrogates fail to encode
-          reason = e.reason if isinstance(e, RecordError) else "invalid_utf8"
-          with _skip_lock:
-            if not any(k[0] == path for k in skipped):
-              logging.warning("t5lite: skipping bad records of %s (line %d: %s); counted", path,
-                              n, e)
-            skipped[(path, reason)] += 1
-          continue
-        if text:
-          yield text
-  except _FILE_ERRORS as e:
-    raise CorruptFileError(f"{path}: cannot be read past line {n} ({type(e).__name__}: {e}); "
-                           "a corrupt or truncated shard: replace or remove it") from None
-  except Exception as e:  # pylint: disable=broad-except
-    if type(e).__module__.startswith("tensorflow"):  # tf.errors.* from tf.io.gfile
-      raise CorruptFileError(f"{path}: cannot be read past line {n} ({e.message})") from None
-    raise
-
-
-def read_json_lines(path: tf.Tensor) -> tf.data.Dataset:
-  """{"text"} of the non-empty, well-formed records of one file (json_texts)."""
-  texts = tf.data.Dataset.from_generator(
-      lambda p: json_texts(p.decode("utf-8"), skipped_records), args=(path,),
-      output_signature=tf.TensorSpec([], tf.string))
-  return texts.map(lambda text: {"text": text})
-
-
-class JsonLinesDataSource(seqio.FileDataSource):
-  """Splits of JSON-lines shards; seqio shards by file, or by example when files < shards."""
-
-  def __init__(self, split_to_filepattern: Mapping[str, Patterns],
-               reader: Callable[[tf.Tensor], tf.data.Dataset] = read_json_lines):
-    # Not copied: a lazy Mapping (the demo corpus) resolves its patterns on first read.
-    super().__init__(read_file_fn=reader, split_to_filepattern=split_to_filepattern)
-
-  def list_shards(self, split: str) -> Sequence[str]:
-    return files.glob_all(self._split_to_filepattern[split], f"JSON shards of split {split!r}")
-
-
-def json_source(train: Patterns, validation: Optional[Patterns] = None) -> JsonLinesDataSource:
-  """allenai/c4-style JSON shards for "train" (and "validation" when given)."""
-  splits = {"train": train}
-  if validation is not None:
-    splits["validation"] = validation
-  return JsonLinesDataSource(splits)
 
 
 class _LazyPatterns(collections.abc.Mapping):

@@ -16,7 +16,6 @@ compare the decoded prediction with the target text; BLEU needs `sacrebleu`, ROU
 """
 from __future__ import annotations
 
-import json
 from typing import Callable, Sequence, Union
 
 import gin
@@ -91,29 +90,21 @@ def metric_fns(names: Sequence[str]) -> list[Callable]:
 def _pairs(path: str, format: str, inputs_key: str, targets_key: str):  # pylint: disable=redefined-builtin
   """(inputs, targets) UTF-8 pairs of one JSONL or TSV file; a bad line is a ValueError naming
   file:line and what was expected (the user's own data: better to stop than to train on less)."""
-  with files.open_file(path, "rb") as f:
-    for n, raw in enumerate(f, 1):
-      try:
-        line = raw.decode("utf-8").rstrip("\r\n")
-      except UnicodeDecodeError as e:
-        raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-      if not line.strip():
-        continue
-      if format == "tsv":
-        if "\t" not in line:
-          raise ValueError(f"{path}:{n}: no tab; expected 'input<TAB>target'")
-        inputs, targets = line.split("\t", 1)
-      else:
-        try:
-          obj = json.loads(line)
-        except ValueError as e:
-          raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
-        missing = [k for k in (inputs_key, targets_key) if not isinstance(obj, dict) or k not in obj]
-        if missing:
-          raise ValueError(f"{path}:{n}: missing key {missing[0]!r} (expected {inputs_key!r} and "
-                           f"{targets_key!r})")
-        inputs, targets = str(obj[inputs_key]), str(obj[targets_key])
-      yield inputs.encode("utf-8"), targets.encode("utf-8")
+  if format == "jsonl":
+    for _, row in files.iter_jsonl(path, (inputs_key, targets_key)):
+      yield str(row[inputs_key]).encode("utf-8"), str(row[targets_key]).encode("utf-8")
+    return
+  for n, raw in enumerate(files.open_lines(path), 1):
+    try:
+      line = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not line.strip():
+      continue
+    if "\t" not in line:
+      raise ValueError(f"{path}:{n}: no tab; expected 'input<TAB>target'")
+    inputs, targets = line.split("\t", 1)
+    yield inputs.encode("utf-8"), targets.encode("utf-8")
 
 
 def _reader(format: str, inputs_key: str, targets_key: str):  # pylint: disable=redefined-builtin
@@ -136,7 +127,7 @@ def user_source(train_files: Patterns, validation_files: Patterns | None = None,
     splits["validation"] = validation_files
   for split, patterns in splits.items():
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
-      if not tf.io.gfile.glob(str(pattern)):
+      if not files.glob(str(pattern)):
         raise FileNotFoundError(f"no file matches {pattern!r} (register_user_task {split} files)")
   return seqio.FileDataSource(read_file_fn=_reader(format, inputs_key, targets_key),
                               split_to_filepattern=splits)

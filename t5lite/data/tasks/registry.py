@@ -16,46 +16,59 @@ vocabulary (<mask> = <extra_id_0>) for demo.
 Nothing is read at registration; vocabularies and files open on the first dataset read.
 `get_task_or_mixture` registers on first use, so library callers need not.
 
-Also here: what a registered task needs — its objective (`task_objective`), the targets length the
-objective needs (`required_targets_length`, `check_lengths`).
+Every task is registered with its objective (data/objectives/registry.py): what a registered
+task needs is looked up by its name (`spec`, `task_objective`), the targets length its objective
+needs (`required_targets_length`, `check_lengths`) and the objective's NumPy implementation
+(`numpy_objective`, for the token cache).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-import inspect
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import gin
 import seqio
 import tensorflow as tf
 
-from t5lite.data.objectives import bart_noise
-from t5lite.data.objectives import tf_objectives as obj
-from t5lite.data.objectives import tf_spans as sc
+from t5lite.data.objectives import registry as objectives
+from t5lite.data.objectives.registry import Objective
+from t5lite.data.sources.json_lines import json_source
+from t5lite.data.sources.sources import SOURCE_NAMES, Sources
 from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary
-from t5lite.data.sources.sources import SOURCE_NAMES
-from t5lite.data.sources.sources import Sources
-from t5lite.data.sources.sources import json_source
 
 C4_TFDS = "c4_span_corruption"
 C4_JSON = "c4_json_span_corruption"
 DEMO = "demo_span_corruption"
 TASK_NAMES = (C4_TFDS, C4_JSON, DEMO)
+# The task name's suffix for each objective registered on every source (BERT-style keeps the
+# name its tasks have always had); UL2's denoisers are objectives.UL2_DENOISERS.
+SUFFIXES = {"span_corruption": "span_corruption", "bart_denoising": "bart_denoising",
+            "bart_text_infilling": "bart_text_infilling",
+            "bart_sentence_permutation": "bart_sentence_permutation",
+            "bart_token_deletion": "bart_token_deletion",
+            "bart_document_rotation": "bart_document_rotation", "prefix_lm": "prefix_lm",
+            "iid_denoising": "iid_denoising", "bert_style_denoising": "bert_denoising",
+            "deshuffling": "deshuffling"}
+# How the token cache keys the steps before a text task's objective (rekey text -> targets,
+# tokenize): the descriptions t5lite has always written, so that built caches keep their keys.
+TEXT_STEPS_KEY = ('seqio.preprocessors.rekey({"key_map": {"inputs": null, "targets": "text"}})',
+                  "tokenize")
 
-# task suffix -> preprocessor; BART ones get the BART vocabulary.
-BART_OBJECTIVES = {
-    "bart_denoising": bart_noise.bart_denoising,
-    "bart_text_infilling": bart_noise.bart_text_infilling,
-    "bart_sentence_permutation": bart_noise.bart_sentence_permutation,
-    "bart_token_deletion": bart_noise.bart_token_deletion,
-    "bart_document_rotation": bart_noise.bart_document_rotation,
-}
-T5_OBJECTIVES = {
-    "prefix_lm": obj.prefix_lm,
-    "iid_denoising": obj.iid_denoising,
-    "bert_denoising": obj.bert_style_denoising,
-    "deshuffling": obj.deshuffling,
-}
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """What t5lite knows of a task it registered: its objective (None for fine-tuning tasks), the
+  steps before it (what the token cache runs and stores) and their key."""
+  name: str
+  source: seqio.DataSource
+  vocabulary: seqio.Vocabulary
+  objective: Optional[Objective]
+  pre_objective: tuple[Callable, ...] = ()
+  pre_objective_key: tuple[str, ...] = ()
+
+
+_specs: dict[str, TaskSpec] = {}
 _registered = False
 
 
@@ -87,31 +100,48 @@ def tokenize_in_batches(dataset: tf.data.Dataset, output_features: Mapping[str, 
   return dataset.batch(batch_size).map(encode, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
 
-def preprocessors(objective: Callable, batched_tokenize: bool = True,
-                  copy_pretokenized: bool = True) -> list[Callable]:
-  """The `t5` package's chain (task c4_v220_span_corruption): rekey text->targets, tokenize, the objective, append_eos_after_trim."""
+def text_steps(batched_tokenize: bool = True, copy_pretokenized: bool = True) -> list[Callable]:
+  """The steps before a text task's objective: rekey text -> targets, tokenize."""
   tokenize = (functools.partial(tokenize_in_batches, copy_pretokenized=copy_pretokenized)
               if batched_tokenize else seqio.preprocessors.tokenize)
-  return [
-      functools.partial(seqio.preprocessors.rekey, key_map={"inputs": None, "targets": "text"}),
-      tokenize,
-      objective,
-      seqio.preprocessors.append_eos_after_trim,
-  ]
+  return [functools.partial(seqio.preprocessors.rekey, key_map={"inputs": None, "targets": "text"}),
+          tokenize]
 
 
-def span_corruption_preprocessors(**span_kwargs) -> list[Callable]:
-  span = functools.partial(sc.span_corruption, **span_kwargs) if span_kwargs else sc.span_corruption
-  return preprocessors(span)
+def text_chain(objective: Optional[Objective] = None, batched_tokenize: bool = True,
+               copy_pretokenized: bool = True) -> list[Callable]:
+  """The `t5` package's chain (task c4_v220_span_corruption): rekey text -> targets, tokenize,
+  the objective (default span corruption), append_eos_after_trim."""
+  objective = objective or objectives.objective("span_corruption")
+  return text_steps(batched_tokenize, copy_pretokenized) + [
+      objective.tf_preprocessor(), seqio.preprocessors.append_eos_after_trim]
 
 
 def add_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary,
-             chain: Optional[Sequence[Callable]] = None) -> seqio.Task:
-  """(Re-)registers one task (span corruption unless `chain` is given)."""
+             objective: Optional[Objective] = None, chain: Optional[Sequence[Callable]] = None,
+             batched_tokenize: bool = True, copy_pretokenized: bool = True) -> seqio.Task:
+  """(Re-)registers one text task: `objective` (default span corruption) through text_chain, or
+  an explicit seqio `chain` (a peer's preprocessors, for comparisons: no objective is known)."""
+  if chain is None:
+    objective = objective or objectives.objective("span_corruption")
+    chain = text_chain(objective, batched_tokenize, copy_pretokenized)
+    steps, key = tuple(chain[:2]), TEXT_STEPS_KEY
+  else:
+    steps, key = (), ()
   seqio.TaskRegistry.remove(name)
-  return seqio.TaskRegistry.add(
-      name, source=source, output_features=output_features(vocabulary),
-      preprocessors=list(chain or span_corruption_preprocessors()), metric_fns=[])
+  task = seqio.TaskRegistry.add(name, source=source, output_features=output_features(vocabulary),
+                                preprocessors=list(chain), metric_fns=[])
+  _specs[name] = TaskSpec(name, source, vocabulary, objective, steps, key)
+  return task
+
+
+def spec(task: Union[str, seqio.Task]) -> TaskSpec:
+  """The TaskSpec of a task t5lite registered; a ValueError naming the task otherwise."""
+  name = task if isinstance(task, str) else task.name
+  if name not in _specs:
+    raise ValueError(f"task {name!r} was not registered by t5lite (data/tasks/registry.py "
+                     "add_task): its objective and preprocessing are unknown")
+  return _specs[name]
 
 
 @gin.configurable
@@ -128,25 +158,30 @@ def register_mixture(name: str, tasks_and_rates: Sequence[tuple[str, float]]) ->
 def register_source_tasks(prefix: str, source: seqio.DataSource,
                           t5_vocabulary: seqio.Vocabulary, bart_vocabulary: seqio.Vocabulary,
                           ul2_s_rate: float = 0.2) -> list[str]:
-  """Registers every objective's task (and the {prefix}_ul2 mixture) on one source; the names."""
-  names = [add_task(f"{prefix}_span_corruption", source, t5_vocabulary).name]
-  for suffix, fn in BART_OBJECTIVES.items():
-    batched = isinstance(bart_vocabulary, GPT2BPEVocabulary)
-    names.append(add_task(f"{prefix}_{suffix}", source, bart_vocabulary,
-                          preprocessors(fn, batched, copy_pretokenized=False)).name)
-  for suffix, fn in T5_OBJECTIVES.items():
-    names.append(add_task(f"{prefix}_{suffix}", source, t5_vocabulary,
-                          preprocessors(fn, batched_tokenize=False)).name)
-  s_total = sum(rate for _, kind, _, rate in obj.UL2_DENOISERS if kind == "s")
-  other_total = sum(rate for _, kind, _, rate in obj.UL2_DENOISERS if kind != "s")
+  """Registers every objective's task (and the {prefix}_ul2 mixture) on one source; the names.
+  BART objectives get the BART vocabulary, the others the T5 one."""
+  names = []
+  for name, suffix in SUFFIXES.items():
+    objective = objectives.objective(name)
+    if objective.spec.vocabulary == "bart":
+      batched = isinstance(bart_vocabulary, GPT2BPEVocabulary)
+      names.append(add_task(f"{prefix}_{suffix}", source, bart_vocabulary, objective,
+                            batched_tokenize=batched, copy_pretokenized=False).name)
+    else:
+      # Span corruption tokenizes in batches; the other T5 objectives keep seqio's tokenize.
+      names.append(add_task(f"{prefix}_{suffix}", source, t5_vocabulary, objective,
+                            batched_tokenize=name == "span_corruption").name)
+  is_s = lambda objective: objective == "ul2_prefix_lm"  # noqa: E731
+  s_total = sum(rate for _, o, _, rate in objectives.UL2_DENOISERS if is_s(o))
+  other_total = sum(rate for _, o, _, rate in objectives.UL2_DENOISERS if not is_s(o))
   mixture = []
-  for suffix, kind, kwargs, rate in obj.UL2_DENOISERS:
-    name = f"{prefix}_{suffix}"
-    add_task(name, source, t5_vocabulary,
-             preprocessors(obj.ul2_preprocessor(kind, **kwargs), batched_tokenize=False))
-    names.append(name)
-    scale = ul2_s_rate / s_total if kind == "s" else (1 - ul2_s_rate) / other_total
-    mixture.append((name, rate * scale))
+  for suffix, name, params, rate in objectives.UL2_DENOISERS:
+    task = f"{prefix}_{suffix}"
+    add_task(task, source, t5_vocabulary, objectives.objective(name, **params),
+             batched_tokenize=False)
+    names.append(task)
+    scale = ul2_s_rate / s_total if is_s(name) else (1 - ul2_s_rate) / other_total
+    mixture.append((task, rate * scale))
   register_mixture(f"{prefix}_ul2", mixture)
   names.append(f"{prefix}_ul2")
   return names
@@ -238,42 +273,25 @@ def leaf_tasks(name: str) -> list[tuple[Any, float]]:
   return [(t, provider.get_rate(t) / total) for t in tasks]
 
 
-def task_objective(task) -> tuple[Optional[str], dict]:
-  """(objective name from objectives.OBJECTIVE_NAMES, its keyword arguments with defaults) of a
-  task's preprocessors; (None, {}) when no preprocessor is a known objective."""
-  for fn in task.preprocessors:
-    keywords = {}
-    while isinstance(fn, functools.partial):
-      keywords = {**fn.keywords, **keywords}
-      fn = fn.func
-    if getattr(fn, "__name__", None) in obj.OBJECTIVE_NAMES:
-      defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()
-                  if p.default is not inspect.Parameter.empty}
-      return fn.__name__, {**defaults, **keywords}
-  return None, {}
-
-
-def mode_prefix_length(task, kwargs: Mapping[str, Any]) -> int:
-  """Ids of a UL2 mode token ("[NLU]" ...) prepended to the inputs; 0 for other objectives."""
-  mode = kwargs.get("mode")
-  if not mode:
-    return 0
-  return len(task.output_features["inputs"].vocabulary.encode(mode))
+def task_objective(task) -> Optional[Objective]:
+  """The Objective a task was registered with; None for tasks without one (fine-tuning, and
+  tasks t5lite did not register)."""
+  known = _specs.get(task if isinstance(task, str) else task.name)
+  return known.objective if known else None
 
 
 def required_targets_length(task, inputs_length: int) -> Optional[int]:
-  """The targets length (with EOS) a task's objective needs; None for an unknown objective."""
-  objective, kwargs = task_objective(task)
+  """The targets length (with EOS) a task's objective needs; None for a task without one."""
+  objective = task_objective(task)
   if objective is None:
     return None
-  noise = {k: v for k, v in kwargs.items() if k in ("noise_density", "mean_noise_span_length")}
-  return obj.required_targets_length(objective, inputs_length,
-                                     mode_prefix_length(task, kwargs), **noise)
+  prefix = objective.prefix_ids(task.output_features["inputs"].vocabulary)
+  return objective.targets_length(inputs_length, len(prefix))
 
 
 def check_lengths(name: str, task_feature_lengths: Mapping[str, int]) -> Optional[int]:
   """The targets length task or mixture `name` needs at task_feature_lengths['inputs'] (the
-  largest over a mixture's tasks; None if no task has a known objective). A ValueError naming
+  largest over a mixture's tasks; None if no task has an objective). A ValueError naming
   each task that doesn't fit if task_feature_lengths['targets'] is shorter."""
   inputs_length = int(task_feature_lengths["inputs"])
   targets_length = task_feature_lengths.get("targets")
@@ -291,3 +309,35 @@ def check_lengths(name: str, task_feature_lengths: Mapping[str, int]) -> Optiona
         f"({short}); use TASK_FEATURE_LENGTHS = {{'inputs': {inputs_length}, 'targets': {need}}} "
         f"(or shorter inputs)")
   return need
+
+
+def checked_objective(task) -> Objective:
+  """The Objective of a seqio Task, checked against its features; ValueError naming the task if
+  it has none or its features are not what objectives assume (one vocabulary, EOS)."""
+  if not isinstance(task, seqio.Task):
+    raise ValueError(f"an objective needs a seqio.Task; got {task!r} (a mixture: one "
+                     "objective per task)")
+  objective = task_objective(task)
+  if objective is None:
+    raise ValueError(f"task {task.name!r} has no pretraining objective (expected one of "
+                     f"{objectives.OBJECTIVE_NAMES})")
+  features = task.output_features
+  if "targets" not in features or not features["targets"].add_eos or (
+      "inputs" in features and not features["inputs"].add_eos):
+    raise ValueError(f"task {task.name!r}: expected 'targets' (and 'inputs') features with "
+                     "add_eos=True, as append_eos_after_trim after the objective assumes")
+  if "inputs" in features and features["inputs"].vocabulary != features["targets"].vocabulary:
+    raise ValueError(f"task {task.name!r}: {objective.name} needs the same vocabulary for "
+                     "inputs and targets")
+  return objective
+
+
+def numpy_objective(task, sequence_length: Mapping[str, int]):
+  """The token cache's implementation of a seqio Task's objective at these lengths
+  (NumpyObjective); ValueError naming the task if checked_objective refuses it or its targets
+  length is too short."""
+  objective = checked_objective(task)
+  try:
+    return objective.numpy(sequence_length, task.output_features["targets"].vocabulary)
+  except ValueError as e:
+    raise ValueError(f"task {task.name!r}: {e}") from e

@@ -76,7 +76,7 @@ class GPT2BPEVocabulary(seqio.Vocabulary):
       dict_path: optional fairseq `dict.txt`; default `bpe_dir/dict.txt` when that file exists.
     """
     super().__init__(extra_ids=0)
-    self._bpe_dir = pathlib.Path(bpe_dir).expanduser()
+    self.bpe_dir = pathlib.Path(bpe_dir).expanduser()
     self._dict_path = None if dict_path is None else pathlib.Path(dict_path).expanduser()
     self._lock = threading.Lock()
     self._loaded = None  # (tokenizer, gpt2_to_id np.ndarray, id_to_piece list)
@@ -91,7 +91,7 @@ class GPT2BPEVocabulary(seqio.Vocabulary):
 
   def _build(self):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
-    d = self._bpe_dir
+    d = self.bpe_dir
     if (d / "encoder.json").exists() and (d / "vocab.bpe").exists():
       vocab_file, merges_file, hf_ids = d / "encoder.json", d / "vocab.bpe", False
     elif (d / "vocab.json").exists() and (d / "merges.txt").exists():
@@ -243,14 +243,14 @@ class GPT2BPEVocabulary(seqio.Vocabulary):
     return out
 
   def __eq__(self, other) -> bool:
-    return (isinstance(other, GPT2BPEVocabulary) and self._bpe_dir == other._bpe_dir
+    return (isinstance(other, GPT2BPEVocabulary) and self.bpe_dir == other.bpe_dir
             and self._dict_path == other._dict_path)
 
   def __hash__(self) -> int:
-    return hash((GPT2BPEVocabulary, str(self._bpe_dir), str(self._dict_path)))
+    return hash((GPT2BPEVocabulary, str(self.bpe_dir), str(self._dict_path)))
 
   def __repr__(self) -> str:
-    return f"GPT2BPEVocabulary({str(self._bpe_dir)!r})"
+    return f"GPT2BPEVocabulary({str(self.bpe_dir)!r})"
 
   def __getstate__(self):
     state = dict(self.__dict__)

@@ -1,14 +1,14 @@
 """SentencePiece vocabularies: load one (local or gs://), or train one with T5's conventions."""
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
 from typing import Iterable, Iterator, Sequence
 
 import seqio
-import tensorflow as tf
+
+from t5lite import files
 
 T5_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 
@@ -25,10 +25,10 @@ class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
 def _check_readable(path: str) -> None:
   """FileNotFoundError naming a SentencePiece model that is missing or cannot be reached."""
   try:
-    found = tf.io.gfile.exists(path)
-  except tf.errors.OpError as e:  # e.g. gs:// without network or credentials
-    raise FileNotFoundError(f"SentencePiece model {path} cannot be read: "
-                            f"{e.message.splitlines()[0]}") from None
+    found = files.exists(path)
+  except Exception as e:  # pylint: disable=broad-except  (gs:// without network or credentials)
+    message = getattr(e, "message", str(e)).splitlines()[0]
+    raise FileNotFoundError(f"SentencePiece model {path} cannot be read: {message}") from None
   if not found:
     raise FileNotFoundError(f"SentencePiece model not found: {path}")
 
@@ -52,26 +52,21 @@ def detokenize(vocabulary: seqio.Vocabulary, ids: Iterable[int]) -> str:
 def iter_text_lines(input_patterns: Iterable[str], max_chars_per_line: int = 8192) -> Iterator[str]:
   """Non-empty text lines from JSON-lines shards (`*.json[.gz]`, key `text`) or plain text files.
 
-  Files are globbed (tf.io.gfile, so gs:// works) and read in sorted order. Documents are split
+  Files are globbed (files.py: local or gs://) and read in sorted order. Documents are split
   at newlines and long lines cut at max_chars_per_line, as SentencePiece trains on sentences.
   """
   for pattern in input_patterns:
-    files = sorted(tf.io.gfile.glob(os.fspath(pattern)))
-    if not files:
-      raise FileNotFoundError(f"no file matches {pattern}")
-    for path in files:
+    for path in files.glob_all(os.fspath(pattern), "text to train the vocabulary on"):
       is_json = ".json" in os.path.basename(path)
-      with tf.io.gfile.GFile(path, "rb") as f:
-        stream = gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f
-        for raw_line in stream:  # bytes lines
-          line = raw_line.decode("utf-8")
-          if not line.strip():
-            continue
-          text = json.loads(line)["text"] if is_json else line
-          for piece in text.split("\n"):
-            piece = piece.strip()
-            for start in range(0, len(piece), max_chars_per_line):
-              yield piece[start:start + max_chars_per_line]
+      for raw_line in files.open_lines(path):
+        line = raw_line.decode("utf-8")
+        if not line.strip():
+          continue
+        text = json.loads(line)["text"] if is_json else line
+        for piece in text.split("\n"):
+          piece = piece.strip()
+          for start in range(0, len(piece), max_chars_per_line):
+            yield piece[start:start + max_chars_per_line]
 
 
 def train_vocabulary(input_patterns: Sequence[str] | str, output_path: str, vocab_size: int = 32000,
@@ -97,11 +92,5 @@ def train_vocabulary(input_patterns: Sequence[str] | str, output_path: str, voca
       input_sentence_size=input_sentence_size,
       shuffle_input_sentence=input_sentence_size > 0,
       max_sentence_length=8192 * 4, num_threads=num_threads, minloglevel=2)
-  parent = os.path.dirname(output_path)
-  if parent:
-    tf.io.gfile.makedirs(parent)
-  tmp = f"{output_path}.tmp-{os.getpid()}"
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    f.write(model.getvalue())
-  tf.io.gfile.rename(tmp, output_path, overwrite=True)
+  files.write_bytes(output_path, model.getvalue())
   return output_path
