@@ -1,11 +1,30 @@
-"""The package's shape: commands on top, library below, no import cycles (function-level
-imports included), and a Layout section in the README that names every module."""
+"""The package's shape: one direction of imports (every module, function-level imports included),
+no import cycles, test support outside the library, and a README Layout naming every module."""
 import ast
 import pathlib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "t5lite"
-COMMAND_LAYER = ("t5lite.cli", "t5lite.main", "t5lite.__main__")
+
+# The layers, lowest first: a module may import any lower layer's modules and those of its own
+# component (a tuple of packages); components of one layer may not import each other. Inside
+# data/ the subpackages are layers of their own, in this order.
+LAYERS = (
+    (("t5lite", "t5lite.errors", "t5lite.files", "t5lite.gin_files"),),  # io
+    (("t5lite.runtime",),),
+    (("t5lite.model",), ("t5lite.data.vocab",)),
+    (("t5lite.data.sources",), ("t5lite.data.objectives",)),
+    (("t5lite.data.tasks",),),
+    (("t5lite.data.cache",),),
+    (("t5lite.data.feed",),),
+    (("t5lite.data.statistics", "t5lite.data"),),
+    (("t5lite.store",),),
+    (("t5lite.serving",),),
+    (("t5lite.training",),),
+    (("t5lite.convert",), ("t5lite.datamix",), ("t5lite.corpus",)),
+    (("t5lite.cli", "t5lite.main", "t5lite.__main__"), ("t5lite.testing",)),
+)
+TEST_SUPPORT = "t5lite.testing"  # the library never imports it
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -45,15 +64,62 @@ def graph() -> dict[str, set[str]]:
           for name, path in mods.items()}
 
 
-def is_command(name: str) -> bool:
-  return any(name == c or name.startswith(c + ".") for c in COMMAND_LAYER)
+def layer_of(module: str) -> tuple[int, tuple]:
+  """(rank, component) of `module`: where the longest prefix in LAYERS that holds it is (the
+  package `t5lite` itself is io; its subpackages have layers of their own)."""
+  matches = [(len(prefix), rank, component) for rank, layer in enumerate(LAYERS)
+             for component in layer for prefix in component
+             if module == prefix or (prefix != "t5lite" and module.startswith(prefix + "."))]
+  if not matches:
+    raise AssertionError(f"{module} is in no layer of tests/test_structure.py LAYERS")
+  _, rank, component = max(matches)
+  return rank, component
 
 
-def test_library_never_imports_the_command_layer():
-  offenders = {m: sorted(d for d in deps if is_command(d))
-               for m, deps in graph().items() if not is_command(m)}
-  offenders = {m: d for m, d in offenders.items() if d}
-  assert not offenders, f"library modules importing commands: {offenders}"
+def violations(g: dict[str, set[str]]) -> list[str]:
+  """Imports against the layer order: a lower layer importing a higher one, a sibling importing
+  a sibling, or the library importing its test support."""
+  out = []
+  for module, deps in sorted(g.items()):
+    if module == TEST_SUPPORT:
+      continue
+    rank, component = layer_of(module)
+    for dep in sorted(deps):
+      if dep == TEST_SUPPORT:
+        out.append(f"{module} imports the test support {dep}")
+        continue
+      dep_rank, dep_component = layer_of(dep)
+      if dep_rank > rank or (dep_rank == rank and dep_component != component):
+        out.append(f"{module} (layer {rank}) imports {dep} (layer {dep_rank}, "
+                   f"{dep_component[0]}), which is not below it")
+  return out
+
+
+def test_imports_follow_the_layers():
+  problems = violations(graph())
+  assert not problems, "imports against the layer order:\n" + "\n".join(problems)
+
+
+def test_the_layer_check_catches_an_upward_import():
+  """The check itself: a model module importing training, a vocabulary importing the task
+  registry, the library importing t5lite.testing, and a sibling import are all reported."""
+  g = graph()
+  g["t5lite.model.network"] = g["t5lite.model.network"] | {"t5lite.training.train"}
+  g["t5lite.data.vocab.gpt2"] = g["t5lite.data.vocab.gpt2"] | {"t5lite.data.tasks.registry"}
+  g["t5lite.serving.decoding"] = g["t5lite.serving.decoding"] | {TEST_SUPPORT}
+  g["t5lite.datamix.dsir"] = g["t5lite.datamix.dsir"] | {"t5lite.convert.hf"}
+  problems = violations(g)
+  assert len(problems) == 4, problems
+  for module, dep in (("t5lite.model.network", "t5lite.training.train"),
+                      ("t5lite.data.vocab.gpt2", "t5lite.data.tasks.registry"),
+                      ("t5lite.serving.decoding", TEST_SUPPORT),
+                      ("t5lite.datamix.dsir", "t5lite.convert.hf")):
+    assert any(p.startswith(module) and dep in p for p in problems), (module, problems)
+
+
+def test_every_module_has_a_layer():
+  for name in modules():
+    layer_of(name)
 
 
 def test_no_import_cycles():
@@ -79,17 +145,44 @@ def test_no_import_cycles():
 
 
 def test_graph_sees_lazy_imports():
-  """The walk finds imports inside functions (so the two tests above would see a lazy cycle)."""
-  assert "t5lite.inference" in graph()["t5lite.train"]  # imported inside train()
+  """The walk finds imports inside functions (so the tests above would see a lazy one)."""
+  assert "t5lite.data.cache.keys" in graph()["t5lite.data.feed.indexed"]  # inside __init__
 
 
 def test_readme_layout_names_every_module():
   readme = (REPO / "README.md").read_text()
   layout = readme[readme.index("## Layout"):]
   layout = layout[:layout.index("\n## ", 4)] if "\n## " in layout[4:] else layout
-  missing = [str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")
-             if p.name != "__init__.py" and str(p.relative_to(REPO)) not in layout]
+  # A module is named by its path, or by its file name on an indented line under its package.
+  blocks, package = {}, None
+  for line in layout.splitlines():
+    if line.startswith("t5lite/"):
+      package = line.split()[0]
+    elif line.startswith("  ") and package:
+      blocks.setdefault(package, []).extend(w for w in line.split() if w.endswith(".py"))
+  missing = []
+  for p in PACKAGE.rglob("*.py"):
+    rel = str(p.relative_to(REPO))
+    if p.name == "__init__.py" or rel in layout:
+      continue
+    for package, names in blocks.items():
+      if package.endswith("/") and rel.startswith(package) and rel[len(package):] in names:
+        break
+    else:
+      missing.append(rel)
   assert not missing, f"README Layout does not list: {missing}"
+
+
+def test_packages_have_docstrings_and_data_stays_small():
+  """Each package says what it is for; no module under t5lite/data sits beside more than 7
+  siblings."""
+  for init in PACKAGE.rglob("__init__.py"):
+    doc = ast.get_docstring(ast.parse(init.read_text()))
+    assert doc and len(doc) > 40, f"{init.relative_to(REPO)} needs a docstring saying what it is for"
+  for folder in [p.parent for p in (PACKAGE / "data").rglob("__init__.py")]:
+    siblings = [p for p in folder.glob("*.py") if p.name != "__init__.py"] + [
+        p for p in folder.iterdir() if (p / "__init__.py").exists()]
+    assert len(siblings) <= 8, f"{folder.relative_to(REPO)} holds {len(siblings)} modules"
 
 
 def test_commands_register_every_gin_configurable():
