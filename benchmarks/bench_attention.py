@@ -31,15 +31,13 @@ import functools  # pylint: disable=wrong-import-position
 import json  # pylint: disable=wrong-import-position
 import time  # pylint: disable=wrong-import-position
 
-import flax.linen as nn  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
 from jax.experimental import topologies  # pylint: disable=wrong-import-position
 from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=wrong-import-position
 
 from t5lite.model import attention, kernels, masks  # pylint: disable=C0413
-from t5lite.training import optim, train  # pylint: disable=C0413
+from t5lite.training import optim  # pylint: disable=C0413
 from t5lite.training import state as train_state
 from t5lite.training import step as train_step_lib
 from t5lite.runtime import partitioning  # pylint: disable=C0413

@@ -39,9 +39,9 @@ def measure(model: str, scan: bool, remat: str, mesh_shape: tuple, batch: int, l
                                + f" --xla_force_host_platform_device_count={n_devices}")
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from t5lite.training import optim, train  # pylint: disable=g-import-not-at-top
-  from t5lite.training import state as train_state
-  from t5lite.training import step as train_step_lib
+  from t5lite.training import optim  # pylint: disable=g-import-not-at-top
+  from t5lite.training import state as train_state  # pylint: disable=g-import-not-at-top
+  from t5lite.training import step as train_step_lib  # pylint: disable=g-import-not-at-top
   from t5lite.runtime import partitioning  # pylint: disable=g-import-not-at-top
   from t5lite.model.config import Config  # pylint: disable=g-import-not-at-top
   from t5lite.model.network import EncoderDecoder  # pylint: disable=g-import-not-at-top

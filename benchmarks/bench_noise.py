@@ -1,4 +1,4 @@
-"""µs per example of every numpy objective (data/noise.py) on real C4 raw pieces, one core.
+"""µs per example of every numpy objective (data/objectives/numpy_objectives.py) on real C4 raw pieces, one core.
 
 The C4 sample is tokenized once and concatenated into one stream (T5 SentencePiece for T5/UL2
 objectives, GPT-2 byte-level BPE for BART, as the c4_* tasks), cut into raw pieces of each
@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from t5lite.data.objectives import numpy_objectives as noise  # noqa: E402
-from t5lite.data.objectives import tf_objectives as obj  # noqa: E402
+from t5lite.data.objectives import registry as objectives  # noqa: E402
 from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary  # noqa: E402
 from t5lite.data.vocab.sentencepiece import get_vocabulary  # noqa: E402
 
@@ -43,10 +43,8 @@ ROWS = {
     "T5 BERT-style": ("bert_style_denoising", {}, "t5"),
     "T5 deshuffling": ("deshuffling", {}, "t5"),
 }
-for _suffix, _kind, _kwargs, _ in obj.UL2_DENOISERS:
-  ROWS[f"UL2 {_suffix[4:]}"] = (
-      "ul2_prefix_lm" if _kind == "s" else "ul2_denoiser",
-      {**_kwargs, "mode": {"r": obj.UL2_R, "x": obj.UL2_X, "s": obj.UL2_S}[_kind]}, "t5")
+for _suffix, _name, _kwargs, _ in objectives.UL2_DENOISERS:
+  ROWS[f"UL2 {_suffix[4:]}"] = (_name, _kwargs, "t5")
 
 
 def streams() -> dict[str, tuple[object, np.ndarray]]:
@@ -119,8 +117,8 @@ def main() -> None:
     noise_kwargs = {k: v for k, v in kwargs.items() if k in ("noise_density",
                                                             "mean_noise_span_length")}
     lengths = {"inputs": INPUTS,
-               "targets": obj.required_targets_length(name, INPUTS, prefix, **noise_kwargs)}
-    objective = noise.Objective(name, lengths, vocab, **kwargs)
+               "targets": objectives.required_targets_length(name, INPUTS, prefix, **noise_kwargs)}
+    objective = objectives.objective(name, **kwargs).numpy(lengths, vocab)
     raw = objective.raw_length()
     pieces = [stream[i:i + raw] for i in range(0, len(stream) - raw + 1, raw)][:args.examples]
     wall, cpu = best_us(objective, pieces, args.repeats)

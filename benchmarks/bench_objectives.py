@@ -2,7 +2,7 @@
 
 All read the real C4 sample. tf.data: the seqio chain (rekey, tokenize, objective,
 append_eos_after_trim, EncDecFeatureConverter(pack=True)); cache: the token cache read by the
-index-addressed stream with the objective in numpy (data/noise.py), one thread. T5/UL2 objectives
+index-addressed stream with the objective in numpy (data/objectives/numpy_objectives.py), one thread. T5/UL2 objectives
 use the real T5 vocabulary, BART ones GPT-2 byte-level BPE. Each objective runs at inputs 512 and
 the targets length it needs (objectives.required_targets_length). Prints a markdown table.
 
@@ -27,8 +27,8 @@ from t5lite.data.cache import build as cache_build  # noqa: E402
 from t5lite.data.vocab.sentencepiece import get_vocabulary  # noqa: E402
 from t5lite.data.feed import indexed  # noqa: E402
 from t5lite.data.tasks import registry as tasks  # noqa: E402
-from t5lite.data.sources import sources  # noqa: E402
-from t5lite.data.objectives import tf_objectives as obj  # noqa: E402
+from t5lite.data.sources import json_lines  # noqa: E402
+from t5lite.data.objectives import registry as objectives  # noqa: E402
 from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary  # noqa: E402
 
 from bench_pipeline import _examples_in, tf_data_rate  # noqa: E402  (this folder is on sys.path)
@@ -56,7 +56,7 @@ PIPELINES = {
 
 
 def register(sample: str, vocab_path: str, gpt2_dir: str) -> None:
-  source = sources.json_source(sample, sample)
+  source = json_lines.json_source(sample, sample)
   tasks.register_source_tasks(P, source, get_vocabulary(vocab_path), GPT2BPEVocabulary(gpt2_dir))
 
 
@@ -75,7 +75,7 @@ def main() -> None:
   args = parser.parse_args()
   register(str(DATA / "c4" / "olmo_c4-sample.00000-of-00001.json.gz"),
            str(DATA / "t5_vocab" / "spiece.model"), str(DATA / "gpt2_bpe"))
-  lengths = {label: {"inputs": INPUTS, "targets": obj.required_targets_length(o, INPUTS, **kw)}
+  lengths = {label: {"inputs": INPUTS, "targets": objectives.required_targets_length(o, INPUTS, **kw)}
              for label, (_, o, kw) in PIPELINES.items()}
 
   root = tempfile.mkdtemp(prefix="bench-objectives-")

@@ -4,7 +4,7 @@ real T5 vocabulary (inputs 512 / targets 114, batch 128):
   t5 (original)   seqio chain with seqio's tokenize and the `t5` package's span_corruption
   t5lite tf.data  seqio chain with t5lite's batched tokenize and span_corruption
   t5lite cache    the token cache (`t5lite cache`) read by the index-addressed stream
-                  (data/indexed.py) with span corruption in numpy (data/noise.py)
+                  (data/feed/indexed.py) with span corruption in numpy (data/objectives/)
 
 Prints examples/s and the examples' statistics per pipeline; beside them the cache's build rate
 (1000 documents, and the same documents x5 in one file), the time to the first batch of a new
@@ -33,7 +33,7 @@ from t5lite.data.cache import build as cache_build  # noqa: E402
 from t5lite.data.feed.tfdata import get_dataset  # noqa: E402
 from t5lite.data.feed import indexed  # noqa: E402
 from t5lite import testing as peers  # noqa: E402
-from t5lite.data.sources import sources  # noqa: E402
+from t5lite.data.sources import json_lines, sources  # noqa: E402
 from t5lite.data.tasks import registry as tasks  # noqa: E402
 from t5lite.data.vocab.sentencepiece import get_vocabulary  # noqa: E402
 
@@ -49,11 +49,11 @@ def register(sample: str, vocab_path: str) -> dict[str, str]:
     t5_pre = peers.t5_preprocessors()
   except ModuleNotFoundError as e:
     raise SystemExit(str(e)) from e
-  chain = tasks.span_corruption_preprocessors()
+  chain = tasks.text_chain()
   chain[1] = seqio.preprocessors.tokenize  # the original: seqio's per-example tokenize
   chain[2] = t5_pre.span_corruption
-  tasks.add_task("bench_t5_span_corruption", sources.json_source(sample, sample),
-                 get_vocabulary(vocab_path), chain)
+  tasks.add_task("bench_t5_span_corruption", json_lines.json_source(sample, sample),
+                 get_vocabulary(vocab_path), chain=chain)
   return {"t5 (original)": "bench_t5_span_corruption", "t5lite tf.data": tasks.C4_JSON}
 
 

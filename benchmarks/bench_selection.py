@@ -209,9 +209,9 @@ def train_and_eval(name: str, files: str, validation: list[str], vocab: str, ste
       "--gin.make_optimizer.grad_clip=1.0", "--gin.learning_rate_schedule.name='cosine'",
       "--gin.learning_rate_schedule.peak=3e-3", "--gin.learning_rate_schedule.warmup_steps=50",
       f"--gin.learning_rate_schedule.total_steps={steps}",
-      "--gin.learning_rate_schedule.end=1e-4", f"--gin.train.eval_period={steps}",
-      f"--gin.train.eval_steps={eval_steps}", "--gin.train.log_period=50",
-      "--gin.train.predict_examples=0",
+      "--gin.learning_rate_schedule.end=1e-4", f"--gin.EvalConfig.period={steps}",
+      f"--gin.EvalConfig.steps={eval_steps}", "--gin.LoopConfig.log_period=50",
+      "--gin.EvalConfig.predict_examples=0",
       "--gin.Checkpointer.save_period=100000", "--gin.Checkpointer.async_save=False",
   ]
   parser = argparse.ArgumentParser()

@@ -53,7 +53,7 @@ import jax
 import numpy as np
 
 from t5lite.convert import hf
-from t5lite.training import optim, train
+from t5lite.training import optim
 from t5lite.training import state as train_state
 from t5lite.training import step as train_step_lib
 from t5lite.runtime import partitioning

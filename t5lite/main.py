@@ -49,9 +49,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run() -> None:
   """Console-script entry point."""
-  backend.tune_host_memory()  # CPU only; before jax (and its threads) start: see backend.py
   try:
-    run_with_args(None)
+    run_with_args(None, prepare=True)
   except SystemExit as e:
     if e.code in (None, 0):
       raise
@@ -62,10 +61,13 @@ def run() -> None:
     os._exit(e.code if isinstance(e.code, int) else 1)
 
 
-def run_with_args(argv: Optional[Sequence[str]]) -> None:
+def run_with_args(argv: Optional[Sequence[str]], prepare: bool = False) -> None:
   """Runs a command; bad input (a ValueError, a missing file, a gin error) exits 2 with a clear
-  message instead of a traceback (T5LITE_TRACEBACK=1 shows it)."""
+  message instead of a traceback (T5LITE_TRACEBACK=1 shows it). prepare: set up the process
+  first (backend.prepare_process), as the console command does."""
   try:
+    if prepare:
+      backend.prepare_process()  # before jax (and its threads) start: see backend.py
     sys.exit(main(argv))
   except Exception as e:  # pylint: disable=broad-except
     if os.environ.get("T5LITE_TRACEBACK"):

@@ -12,7 +12,22 @@ import pathlib
 import jax
 import pytest
 
+from t5lite.model.config import Config
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def tiny_config(**changes) -> Config:
+  """The tests' tiny T5 1.1 (d 32, 4 heads x 8, gated GELU 64, 2 + 2 layers, vocabulary 256,
+  float32), with `changes`: `from conftest import tiny_config` where a module needs it at import
+  time, the `tiny` fixture elsewhere."""
+  return Config(vocab_size=256, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
+                num_encoder_layers=2, num_decoder_layers=2, dtype="float32").replace(**changes)
+
+
+@pytest.fixture
+def tiny() -> Config:
+  return tiny_config()
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"

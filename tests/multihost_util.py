@@ -40,9 +40,9 @@ COMMON_ARGS = (
     "--gin.BATCH_SIZE=8",
     "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
     "--gin.make_mesh.mesh_shape=(4, 2)",
-    "--gin.train.log_period=1",
-    "--gin.train.eval_period=0",
-    "--gin.train.predict_examples=0",
+    "--gin.LoopConfig.log_period=1",
+    "--gin.EvalConfig.period=0",
+    "--gin.EvalConfig.predict_examples=0",
     "--gin.Checkpointer.save_period=3",
     "--gin.learning_rate_schedule.warmup_steps=2",
 )

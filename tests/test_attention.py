@@ -17,12 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
+from conftest import tiny_config
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from t5lite.model import kernels, losses, masks
 from t5lite.serving import decoding
 from t5lite.runtime import partitioning
-from t5lite.training import train
 from t5lite.training import state as train_state
 from t5lite.model.config import Config
 from t5lite.model.network import EncoderDecoder
@@ -130,7 +131,7 @@ def test_cudnn_arguments(case, monkeypatch):
       implementation = "xla"
     return real(q, k, v, bias, mask, implementation=implementation, **kw)
   monkeypatch.setattr(jax.nn, "dot_product_attention", redirect)
-  monkeypatch.setattr(attention, "platform", lambda: "gpu")
+  monkeypatch.setattr(kernels, "platform", lambda: "gpu")
   q_len, k_len, with_bias, causal, packed = CASES[case]
   args, mask, w = _inputs(q_len, k_len, with_bias, causal, packed)
   args = tuple(None if x is None else x.astype(jnp.bfloat16) for x in args)
@@ -151,8 +152,7 @@ def test_cudnn_arguments(case, monkeypatch):
   assert call["causal"] == causal and call["scale"] == 1.0
 
 
-TINY = Config(vocab_size=256, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
-              num_encoder_layers=2, num_decoder_layers=2, dtype="float32")
+TINY = tiny_config()
 TB, LI, LT = 8, 24, 14
 
 

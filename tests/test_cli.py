@@ -14,8 +14,8 @@ import cli_util
 TINY = [
     "--gin_file=runs/demo.gin", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
     "--gin.BATCH_SIZE=8", "--gin.Config.emb_dim=32", "--gin.Config.mlp_dim=64",
-    "--gin.Config.num_heads=2", "--gin.Config.head_dim=16", "--gin.train.log_period=1",
-    "--gin.train.eval_period=0", "--gin.train.predict_examples=0",
+    "--gin.Config.num_heads=2", "--gin.Config.head_dim=16", "--gin.LoopConfig.log_period=1",
+    "--gin.EvalConfig.period=0", "--gin.EvalConfig.predict_examples=0",
     "--gin.Checkpointer.async_save=False",
 ]
 EXAMPLES = [{"inputs": "def f(x): return x", "targets": "a function"},
@@ -141,7 +141,8 @@ BAD = {
     "checkpoint_does_not_fit": (["score", "--model_dir=runs/rel", "--input=in.jsonl",
                                  "--gin.Config.emb_dim=48"],
                                 ["does not fit the model", "params/"], 2),
-    "folder_locked": (["train", *TINY, "--gin.MODEL_DIR='bad/locked'", "--gin.TRAIN_STEPS=2"],
+    "folder_locked": (["train", *TINY, "--gin.MODEL_DIR='bad/locked'", "--gin.TRAIN_STEPS=2",
+                       "--gin.RunLock.stale_seconds=1e9"],  # however long the module took
                       ["in use by another training run", f"pid {os.getpid()}"], 2),
     "cache_missing": (["train", *TINY, "--gin.MODEL_DIR='runs/c'",
                        "--gin.DATA_CACHE_DIR='bad/no_cache'",
@@ -150,7 +151,7 @@ BAD = {
     "vocab_input_missing": (["vocab", "--input=bad/none*.txt", "--output=v/spm.model"],
                             ["bad/none*.txt"], 2),
     "diverged": (["train", *TINY, "--gin.MODEL_DIR='runs/diverged'", "--gin.TRAIN_STEPS=20",
-                  "--gin.learning_rate_schedule.peak=1e9", "--gin.train.max_consecutive_skips=3"],
+                  "--gin.learning_rate_schedule.peak=1e9", "--gin.LoopConfig.max_consecutive_skips=3"],
                  ["training diverged", "first bad step was", "last good checkpoint"], 3),
 }
 

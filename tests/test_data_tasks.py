@@ -190,7 +190,6 @@ def test_source_macros_reach_every_task_family(run_config, c4_sample, t5_vocab_p
 
 def test_source_macros_reach_eval_on_a_run_folder(c4_sample, t5_vocab_path, tmp_path):
   """`eval` / `score` parse the run folder's gin, then the flags: the flags win."""
-  from t5lite.serving import run as runs  # pylint: disable=g-import-not-at-top
   from t5lite.cli import common  # pylint: disable=g-import-not-at-top
   (tmp_path / "config.gin").write_text("VOCABULARY_PATH = '/old/spm.model'\n"
                                        "DataConfig.mixture_or_task_name = 'c4_json_span_corruption'\n")

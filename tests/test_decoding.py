@@ -9,22 +9,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from conftest import tiny_config
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from t5lite import testing
 from t5lite.serving import decoding
 from t5lite.runtime import partitioning
-from t5lite.model.config import Config
 from t5lite.model.network import EncoderDecoder
 
 B, I, L = 4, 12, 10
-TINY = dict(vocab_size=128, emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128,
-            num_encoder_layers=2, num_decoder_layers=2, dtype="float32")
+TINY = tiny_config(vocab_size=128, emb_dim=64, head_dim=16, mlp_dim=128)
 CONFIGS = {
-    "t5": Config(**TINY),
-    "bart": Config(**TINY, family="bart", mlp_activations=("gelu_exact",),
-                   logits_via_embedding=True, max_position_embeddings=64, layer_norm_epsilon=1e-5,
-                   decoder_start_token_id=2, pad_token_id=1, eos_token_id=2),
+    "t5": TINY,
+    "bart": TINY.replace(family="bart", mlp_activations=("gelu_exact",),
+                         logits_via_embedding=True, max_position_embeddings=64,
+                         layer_norm_epsilon=1e-5, decoder_start_token_id=2, pad_token_id=1,
+                         eos_token_id=2),
 }
 
 

@@ -30,7 +30,6 @@ from t5lite.cli import common
 from t5lite.model.config import Config
 from t5lite.data.sources import demo_corpus
 from t5lite.data.feed import indexed, streams
-from t5lite.data.objectives import numpy_objectives as noise
 from t5lite.data.tasks import registry as tasks
 from t5lite.data.sources.sources import Sources
 from t5lite.model.network import EncoderDecoder
@@ -187,7 +186,7 @@ def doremi_args(domains, model_dir, *extra):
           "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}", "--gin.BATCH_SIZE=12",
           "--gin.make_optimizer.name='adamw'", "--gin.learning_rate_schedule.name='constant'",
           "--gin.learning_rate_schedule.peak=1e-2", "--gin.Checkpointer.async_save=False",
-          "--gin.train.log_period=10", "--gin.doremi.log_period=1", f"--gin.MODEL_DIR='{model_dir}'",
+          "--gin.LoopConfig.log_period=10", "--gin.doremi.log_period=1", f"--gin.MODEL_DIR='{model_dir}'",
           f"--gin.TRAIN_STEPS={REFERENCE_STEPS}", f"--gin.DOREMI_PROXY_STEPS={PROXY_STEPS}", *extra]
 
 
@@ -212,7 +211,7 @@ def resumed(domains, tmp_path_factory):
   with contextlib.redirect_stdout(out):
     result = run_doremi(doremi_args(domains, d))
   assert "reusing the reference model" in out.getvalue()
-  assert "resumed the proxy" in out.getvalue()
+  assert "resumed the DoReMi proxy from" in out.getvalue()
   return d, result
 
 
@@ -249,7 +248,7 @@ def test_domain_weights_gin_reregisters_the_mixture_and_train_reads_it(resumed, 
   main_dir = str(tmp_path / "main")
   parse([*TINY, "--gin_file=runs/pretrain.gin", *domains, "--gin.MIXTURE_OR_TASK_NAME='three'",
          "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}", "--gin.BATCH_SIZE=8",
-         "--gin.train.eval_period=0", "--gin.Checkpointer.async_save=False",
+         "--gin.EvalConfig.period=0", "--gin.Checkpointer.async_save=False",
          f"--gin.MODEL_DIR='{main_dir}'", "--gin.TRAIN_STEPS=2", f"--gin_file={weights_gin}"])
   tasks.register_all()
   stream = indexed.IndexedStream("three", {"inputs": 64, "targets": 16}, 8, Sources().cache_dir)

@@ -431,13 +431,13 @@ def test_cache_runs_on_every_worker_with_its_share(cloud):
 
 
 def test_shard_auto_finds_the_host(monkeypatch):
-    from t5lite.runtime import partitioning  # pylint: disable=g-import-not-at-top
+    from t5lite.runtime import devices  # pylint: disable=g-import-not-at-top
     for var in ("T5LITE_PROCESS_ID", "T5LITE_NUM_PROCESSES", "SLURM_PROCID", "SLURM_NTASKS",
                 "TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TPU_WORKER_ID", "2")
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "h0,h1,h2,h3")
-    assert partitioning.host_and_count() == (2, 4)
+    assert devices.host_and_count() == (2, 4)
     monkeypatch.setenv("SLURM_PROCID", "1")
     monkeypatch.setenv("SLURM_NTASKS", "3")
-    assert partitioning.host_and_count() == (1, 3)
+    assert devices.host_and_count() == (1, 3)

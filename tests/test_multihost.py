@@ -71,7 +71,7 @@ def test_checkpoint_moves_between_process_counts(tmp_path, saved_by, resumed_by)
   model_dir = copy_at_step(mh.reference(saved_by), tmp_path / "run", 3)
   # Decoding at the end needs the parameters gathered from every process to process 0.
   out = mh.train(model_dir, tmp_path, processes=resumed_by, devices=8 // resumed_by,
-                 extra_args=["--gin.train.predict_examples=1"])
+                 extra_args=["--gin.EvalConfig.predict_examples=1"])
   assert f"resumed from {model_dir / 'checkpoints'}/3" in out
   assert out.count("held-out example 1") == 1, out  # printed by process 0 only
   got = mh.losses(model_dir)

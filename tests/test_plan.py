@@ -16,6 +16,7 @@ from t5lite.training import planner
 from t5lite.model import params as model_params
 from t5lite.cli import common
 from t5lite.model.config import Config, flops_per_example
+from t5lite.data.feed import features
 from t5lite.data.feed import tfdata as pipeline
 
 T5LITE = str(pathlib.Path(sys.executable).parent / "t5lite")
@@ -158,7 +159,7 @@ def test_batch_shapes_are_the_pipelines():
   tasks.register_all()
   lengths = {"inputs": 64, "targets": 16}
   batch = next(pipeline.get_dataset("demo_span_corruption", lengths, 4).as_numpy_iterator())
-  expected = pipeline.batch_shapes(lengths, 4)
+  expected = features.batch_shapes(lengths, 4)
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
 
 

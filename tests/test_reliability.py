@@ -11,19 +11,20 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import tiny_config
+
 import cli_util
 import multihost_util as mh
 from t5lite.store import run_lock as lock
-from t5lite.training import optim, train
+from t5lite.training import optim
 from t5lite.training import state as train_state
 from t5lite.training import step as train_step_lib
 from t5lite.training import loop as train_loop
 from t5lite.runtime import partitioning
-from t5lite.model.config import Config
 from test_train import read_losses, run_train
 
-TINY = Config(vocab_size=128, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=32,
-              num_encoder_layers=1, num_decoder_layers=1, dtype="float32")
+TINY = tiny_config(vocab_size=128, num_heads=2, mlp_dim=32, num_encoder_layers=1,
+                   num_decoder_layers=1)
 
 
 # ----------------------------------------------------------------------------- the guard
@@ -75,7 +76,7 @@ def test_divergence_stops_and_keeps_the_good_checkpoints(tmp_path):
   run stops after max_consecutive_skips of them naming the first bad step and checkpoint 10."""
   d = str(tmp_path / "run")
   args = ["--gin.Checkpointer.save_period=5", "--gin.Checkpointer.keep=3",
-          "--gin.train.max_consecutive_skips=5"]
+          "--gin.LoopConfig.max_consecutive_skips=5"]
   run_train(d, 10, *args)
   with pytest.raises(train_loop.DivergedError) as e:
     run_train(d, 40, *args, "--gin.learning_rate_schedule.peak=1e9")

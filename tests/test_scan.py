@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
+from conftest import tiny_config
 from jax.sharding import PartitionSpec as P
 
 from t5lite.store import checkpoints
@@ -29,8 +31,7 @@ from t5lite.model.config import REMAT_POLICIES, Config
 from t5lite.model.network import EncoderDecoder
 
 # 3 + 2 layers: the two stacks differ in length.
-TINY = Config(vocab_size=256, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
-              num_encoder_layers=3, num_decoder_layers=2, dtype="float32")
+TINY = tiny_config(num_encoder_layers=3)
 B, LI, LT = 8, 16, 8
 SHAPES = {"encoder_input_tokens": (B, LI), "decoder_input_tokens": (B, LT)}
 
@@ -271,7 +272,7 @@ FAST = [
     "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", "--gin.BATCH_SIZE=8",
     "--gin.Config.emb_dim=32", "--gin.Config.mlp_dim=64", "--gin.Config.num_heads=4",
     "--gin.Config.head_dim=8", "--gin.Config.num_encoder_layers=3",
-    "--gin.train.log_period=1", "--gin.train.eval_period=0", "--gin.train.predict_examples=0",
+    "--gin.LoopConfig.log_period=1", "--gin.EvalConfig.period=0", "--gin.EvalConfig.predict_examples=0",
     "--gin.make_optimizer.name='adafactor'", "--gin.learning_rate_schedule.name='constant'",
     "--gin.learning_rate_schedule.peak=1e-2", "--gin.Checkpointer.async_save=False",
 ]

@@ -4,16 +4,16 @@ import functools
 import jax
 import numpy as np
 import pytest
+
+from conftest import tiny_config
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from t5lite.training import state as train_state
 from t5lite.training import step as train_step_lib
-from t5lite.training import optim, train
+from t5lite.training import optim
 from t5lite.runtime import partitioning
-from t5lite.model.config import Config
 
-TINY = Config(vocab_size=256, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
-              num_encoder_layers=2, num_decoder_layers=2, dtype="float32")
+TINY = tiny_config()
 B, LI, LT = 8, 24, 8
 
 

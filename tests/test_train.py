@@ -19,7 +19,7 @@ FAST = [
     "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/demo.gin",
     "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}", "--gin.BATCH_SIZE=8",
     "--gin.Config.emb_dim=64", "--gin.Config.mlp_dim=128", "--gin.Config.num_heads=4", "--gin.Config.head_dim=16",
-    "--gin.train.log_period=1", "--gin.train.eval_period=0", "--gin.train.predict_examples=0",
+    "--gin.LoopConfig.log_period=1", "--gin.EvalConfig.period=0", "--gin.EvalConfig.predict_examples=0",
     "--gin.make_optimizer.name='adamw'", "--gin.learning_rate_schedule.name='constant'",
     "--gin.learning_rate_schedule.peak=1e-2", "--gin.Checkpointer.async_save=False",
 ]

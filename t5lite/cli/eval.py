@@ -18,7 +18,8 @@ from typing import Sequence
 import jax
 
 from t5lite.store import checkpoints
-from t5lite.serving import evaluation, run
+from t5lite.serving import evaluation
+from t5lite.serving import run as run_lib
 from t5lite import gin_files
 from t5lite.cli import common
 
@@ -43,7 +44,7 @@ def main(argv: Sequence[str]) -> int:
                       help="validation examples decoded for the task's metrics")
   args = common.parse_args(parser, argv)
   run = common.load_run(args)
-  task_name = args.task or run.task_name()
+  task_name = args.task or run_lib.task_name()
   if not task_name:
     raise ValueError("no task: pass --task NAME (the run's gin names none)")
   lengths = dict(gin_files.query("DataConfig.task_feature_lengths") or {})

@@ -4,12 +4,17 @@ Two CPU-only tricks exist, each measured in benchmarks/RESULTS.md:
   * kernels (`cpu_kernels()`, decided when a function is traced): ops.py's custom-VJP products,
     written for XLA:CPU's fast kernels. When tracing for TPU or GPU (a mesh of such devices,
     set by partitioning.activate, or that default backend) the plain jnp/lax ops run instead.
-  * host memory (`tune_host_memory()`, at `import t5lite`): glibc keeps freed memory (one malloc
-    arena, no mmap, no trimming), so XLA:CPU's multi-GB per-step temporary buffer stops being
-    page-faulted in again every step. It must run before a second thread calls malloc (glibc fixes
-    its arena limit then), i.e. before jax creates its CPU client, so it decides from the
-    environment (`host_runs_on_cpu()`), not from an initialised backend. T5LITE_MALLOC=default
-    leaves glibc's settings alone.
+  * host memory (`tune_host_memory()`): glibc keeps freed memory (one malloc arena, no mmap, no
+    trimming), so XLA:CPU's multi-GB per-step temporary buffer stops being page-faulted in again
+    every step. It must run before a second thread calls malloc (glibc fixes its arena limit
+    then), i.e. before jax creates its CPU client, so it decides from the environment
+    (`host_runs_on_cpu()`), not from an initialised backend. The `t5lite` command applies it
+    (`prepare_process`); a library user gets it by setting T5LITE_MALLOC=reuse before
+    `import t5lite`. T5LITE_MALLOC=default leaves glibc's settings alone.
+
+prepare_process() also makes jax's platform CPU on a machine without an accelerator (unless
+JAX_PLATFORMS says otherwise): jax would otherwise probe for a TPU, and with libtpu installed (the
+`plan` extra) print libtpu's errors about TPU worker hostnames on every command.
 """
 from __future__ import annotations
 
@@ -63,6 +68,15 @@ def host_runs_on_cpu() -> bool:
   accelerators = (glob.glob("/dev/accel*") + glob.glob("/dev/vfio/[0-9]*")
                   + glob.glob("/dev/nvidia[0-9]*"))
   return not accelerators
+
+
+def prepare_process() -> None:
+  """What the `t5lite` command does first, before jax starts: CPU as jax's platform where there is
+  no accelerator, and the host-memory tuning on CPU."""
+  if host_runs_on_cpu() and not (os.environ.get("JAX_PLATFORMS")
+                                 or os.environ.get("JAX_PLATFORM_NAME")):
+    os.environ["JAX_PLATFORMS"] = "cpu"
+  tune_host_memory()
 
 
 def tune_host_memory() -> bool:

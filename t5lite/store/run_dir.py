@@ -13,6 +13,8 @@ gs:// paths work everywhere (files.py).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from t5lite import files
 
 CHECKPOINTS = "checkpoints"

@@ -99,7 +99,8 @@ class Session:
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             state, shardings)
     state, data_state = self.ckpt.restore(step, abstract, fill=fill)
-    self.say(f"resumed from {self.ckpt.directory}/{step}")
+    subject = "" if self.what == "training" else f" {self.what}"
+    self.say(f"resumed{subject} from {self.ckpt.directory}/{step}")
     return state, data_state
 
   def start(self, step: int) -> None:

@@ -117,12 +117,12 @@ def _cpu_target(name: str, count: str) -> Target:
   n = int(count)
   if not jax._src.xla_bridge.backends_are_initialized():  # pylint: disable=protected-access
     devices.emulate_cpu_devices(n)  # else the first n of the devices jax has
-  devices = jax.devices("cpu")
-  if len(devices) < n:
-    raise ValueError(f"--topology {name}: jax already started with {len(devices)} CPU devices; "
+  cpus = jax.devices("cpu")
+  if len(cpus) < n:
+    raise ValueError(f"--topology {name}: jax already started with {len(cpus)} CPU devices; "
                      f"emulated devices must be set before the first jax call")
   ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  return Target(name, devices[:n], devices[0].device_kind, 1, ram // n,
+  return Target(name, cpus[:n], cpus[0].device_kind, 1, ram // n,
                 f"this host's RAM / {n} emulated devices")
 
 

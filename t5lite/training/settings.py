@@ -12,15 +12,15 @@ runtime.partitioning.make_mesh's (mesh_shape).
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Mapping
+from typing import ClassVar, Mapping, Optional
 
 import gin
 
 
 def check_required(owner: str, macros: Mapping[str, str], hint: str, **values) -> None:
-  """gin passes `X = %gin.REQUIRED` through as a sentinel: name the macros left unset (macros:
-  {argument: MACRO}; owner: the configurable's name)."""
-  missing = [k for k, v in values.items() if v is gin.REQUIRED]
+  """Name the macros left unset: gin passes `X = %gin.REQUIRED` through as a sentinel, and an
+  unbound section field is None (macros: {argument: MACRO}; owner: the configurable's name)."""
+  missing = [k for k, v in values.items() if v is gin.REQUIRED or v is None]
   if missing:
     names = ", ".join(f"{macros[k]} ({owner}.{k})" for k in missing)
     raise ValueError(f"required gin macro not set: {names}; {hint}, e.g. "
@@ -34,9 +34,9 @@ HINT = "set it in a gin file or on the command line"
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """What the model reads: a registered task or mixture, its lengths, the global batch."""
-  mixture_or_task_name: str = gin.REQUIRED
-  task_feature_lengths: Mapping[str, int] = gin.REQUIRED
-  batch_size: int = gin.REQUIRED
+  mixture_or_task_name: Optional[str] = None
+  task_feature_lengths: Optional[Mapping[str, int]] = None
+  batch_size: Optional[int] = None
 
   MACROS: ClassVar[dict[str, str]] = {"mixture_or_task_name": "MIXTURE_OR_TASK_NAME",
             "task_feature_lengths": "TASK_FEATURE_LENGTHS", "batch_size": "BATCH_SIZE"}

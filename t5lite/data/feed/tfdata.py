@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-import numpy as np
 import seqio
 import tensorflow as tf
 

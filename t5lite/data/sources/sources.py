@@ -11,14 +11,10 @@ Three text sources, each a seqio DataSource with "train" and "validation" splits
 """
 from __future__ import annotations
 
-import collections
 import collections.abc
 import dataclasses
-import logging
 import os
-import threading
-import zlib
-from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence
 
 import gin
 import seqio
