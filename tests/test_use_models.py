@@ -155,7 +155,8 @@ def test_export_hf_loads_with_equal_logits(imported, tmp_path):
   ours = run.model.apply({"params": jax.device_get(run.params)}, enc, dec)
   with torch.no_grad():
     theirs = model(input_ids=torch.tensor(enc), decoder_input_ids=torch.tensor(dec)).logits.numpy()
-  np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4, rtol=1e-4)
+  # float32 on both sides; 2e-4 at logits of magnitude ~10 (transcendentals differ in the last bits)
+  np.testing.assert_allclose(np.asarray(ours), theirs, atol=2e-4, rtol=1e-4)
 
 
 def test_import_errors_name_the_problem(hf_dir, tmp_path):
