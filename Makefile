@@ -4,7 +4,7 @@ VENV ?= .venv
 PIP = $(VENV)/bin/pip
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: setup setup-test demo test bench clean
+.PHONY: setup setup-test demo test test-all bench clean
 
 setup: $(VENV)/.installed
 
@@ -28,7 +28,11 @@ $(VENV)/.installed-test: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/t5lite train --gin_file=runs/demo.gin
 
+# The quick tier (a few minutes on 2 cores); test-all adds the slow integration tests (CI's).
 test: setup-test
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+
+test-all: setup-test
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 bench: setup-test

@@ -78,9 +78,9 @@ def _run(kernel, args, mask, w, mesh):
 
 
 # Every case on the (4, 2) mesh; on one device the case that has it all (padding, packing,
-# causality, bias, two kernel blocks).
-@pytest.mark.parametrize("case,mesh_shape", [(case, (4, 2)) for case in CASES]
-                         + [("decoder_two_blocks", (1, 1))])
+# causality, bias, two kernel blocks): the quick tier runs that one.
+@pytest.mark.parametrize("case,mesh_shape", [pytest.param(case, (4, 2), marks=pytest.mark.slow)
+                                             for case in CASES] + [("decoder_two_blocks", (1, 1))])
 def test_pallas_tpu_equals_xla(case, mesh_shape):
   args, mask, w = _inputs(*CASES[case])
   mesh = _mesh(mesh_shape)
@@ -97,6 +97,7 @@ def test_pallas_tpu_equals_xla(case, mesh_shape):
     assert out.sharding.spec == P("data", None, "model", None)
 
 
+@pytest.mark.slow
 def test_pallas_tpu_bfloat16_close_to_xla():
   """bf16 operands (the model's activations), bias included: close to XLA at bf16 precision."""
   args, mask, w = _inputs(*CASES["decoder_causal_packed_bias"])
@@ -172,6 +173,7 @@ def _packed_batch(seed=0):
           "encoder_segment_ids": seg_e, "decoder_segment_ids": seg_d}
 
 
+@pytest.mark.slow
 def test_t5_train_step_pallas_tpu_equals_xla():
   """Loss and gradients of a tiny T5 on a padded, packed batch, mesh (4, 2): the same params
   through the model's XLA attention and through pallas_tpu."""
@@ -194,6 +196,7 @@ def test_t5_train_step_pallas_tpu_equals_xla():
     assert np.abs(grads[stack]["relpos_bias"]["rel_embedding"]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_cached_decoding_with_pallas_tpu_keeps_xla():
   """Greedy decoding with pallas_tpu: the encoder runs the kernel, the cached one-query steps
   stay on XLA (the kernel's causal mask counts from query 0); the tokens equal the XLA model's."""
@@ -233,6 +236,7 @@ def test_errors():
   assert logits.shape == (2, 8, TINY.vocab_size)
 
 
+@pytest.mark.slow
 def test_aot_compile_for_tpu_topology():
   """The pallas path compiles for a real TPU (v5e:2x2, 4 chips) through libtpu, in a subprocess
   (benchmarks/bench_attention.py): one T5 encoder layer (bidirectional, bias, padding) and one

@@ -124,6 +124,7 @@ def test_pieces_equal_span_corruption_chunks(built, shards, register):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_workers_and_host_shards_equal_one_build(built, shards, register, tmp_path):
   directory, metadata = built
   register(shards)

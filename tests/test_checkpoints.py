@@ -27,8 +27,10 @@ def assert_trees_equal(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("restore_shape,fsdp", [((4, 2), False), ((2, 4), False), ((8, 1), True),
-                                                ((1, 1), False)])
+@pytest.mark.parametrize("restore_shape,fsdp", [
+    pytest.param((4, 2), False, marks=pytest.mark.slow),
+    pytest.param((2, 4), False, marks=pytest.mark.slow), ((8, 1), True),
+    pytest.param((1, 1), False, marks=pytest.mark.slow)])
 def test_save_restore_bit_exact_onto_any_mesh(tmp_path, restore_shape, fsdp):
   state, _ = make_state(partitioning.make_mesh((4, 2)), seed=1)
   ckpt = Checkpointer(tmp_path / "ckpt", async_save=True)
@@ -68,6 +70,7 @@ def test_unfinished_checkpoint_is_ignored(tmp_path):
   assert Checkpointer(tmp_path / "ckpt").latest_step() == 3
 
 
+@pytest.mark.slow
 def test_mismatched_model_names_the_parameters(tmp_path):
   state, _ = make_state(partitioning.make_mesh((8, 1)))
   ckpt = Checkpointer(tmp_path / "ckpt", async_save=False)

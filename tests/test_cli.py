@@ -11,6 +11,8 @@ import pytest
 
 import cli_util
 
+pytestmark = pytest.mark.slow  # every test here starts processes or trains
+
 TINY = [
     "--gin_file=runs/demo.gin", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
     "--gin.BATCH_SIZE=8", "--gin.Config.emb_dim=32", "--gin.Config.mlp_dim=64",

@@ -89,6 +89,7 @@ def test_cached_greedy_equals_uncached_loop(setup):
   _check_padded_after_eos(greedy, cfg)
 
 
+@pytest.mark.slow
 def test_beam_size_one_is_greedy(setup):
   """Without a length penalty one beam stops exactly where greedy does."""
   model, params, _, tokens = setup
@@ -114,6 +115,7 @@ def _teacher_forced_scores(model, params, tokens, beams, alpha):
   return np.reshape(total / ((5.0 + length) / 6.0) ** alpha, (Bb, W))
 
 
+@pytest.mark.slow
 def test_beam_scores_sorted_and_consistent_with_tokens(setup):
   model, params, _, tokens = setup
   cfg = model.config
@@ -128,6 +130,7 @@ def test_beam_scores_sorted_and_consistent_with_tokens(setup):
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sampling_reproducible_and_seed_dependent(setup):
   model, params, _, tokens = setup
   cfg = model.config
@@ -141,6 +144,7 @@ def test_sampling_reproducible_and_seed_dependent(setup):
   assert nucleus.shape == (B, L)
 
 
+@pytest.mark.slow
 def test_sampling_that_can_only_pick_the_argmax_is_greedy(setup):
   model, params, _, tokens = setup
   greedy = decoding.greedy_decode(model, params, tokens, L)
@@ -164,6 +168,7 @@ def test_filter_logits_top_k_and_top_p():
   np.testing.assert_array_equal(kept(3, 0.86), [1, 1, 1, 0, 0])
 
 
+@pytest.mark.slow
 def test_decoding_on_a_4x2_mesh_equals_unsharded(setup):
   """Params laid out by the logical rules, the batch over 'data': same tokens as one device."""
   model, params, boxed, tokens = setup

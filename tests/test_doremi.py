@@ -93,6 +93,7 @@ def _hand_batch():
           "decoder_loss_weights": (targets > 0).astype(np.int32), doremi.TASK_IDS: task_ids}
 
 
+@pytest.mark.slow
 def test_doremi_step_on_the_mesh_follows_algorithm_1():
   """One jitted, sharded step: α_1 from the models' log-likelihoods computed here in numpy."""
   mesh = partitioning.make_mesh((2, 2), jax.devices()[:4])
@@ -215,6 +216,7 @@ def resumed(domains, tmp_path_factory):
   return d, result
 
 
+@pytest.mark.slow
 def test_random_domain_falls_below_its_baseline(resumed):
   d, result = resumed
   assert result.steps == PROXY_STEPS and sorted(result.weights) == sorted(DOMAINS)
@@ -241,6 +243,7 @@ def test_random_domain_falls_below_its_baseline(resumed):
   assert summary["weights"] == pytest.approx(result.weights)
 
 
+@pytest.mark.slow
 def test_domain_weights_gin_reregisters_the_mixture_and_train_reads_it(resumed, domains,
                                                                        tmp_path):
   d, result = resumed
@@ -268,6 +271,7 @@ def _data_state(model_dir, step):
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_resumed_proxy_continues_alpha_exactly_and_the_reference_is_reused(resumed, domains,
                                                                            tmp_path):
   d, result = resumed

@@ -88,6 +88,7 @@ def finetuned(tmp_path_factory, c4_sample):
   return model_dir, pretrained
 
 
+@pytest.mark.slow
 def test_finetuning_raises_exact_match(finetuned):
   model_dir, _ = finetuned
   rows = [json.loads(l) for l in open(model_dir / "eval.jsonl")]
@@ -111,6 +112,7 @@ def test_training_evaluates_decoded_metrics_periodically(finetuned):
   assert em[-1] > em[0] and em[-1] >= 25.0, em
 
 
+@pytest.mark.slow
 def test_finetuning_starts_from_the_pretrained_parameters(finetuned, tmp_path):
   """init_checkpoint: the imported parameters at step 0 (a 0-step run returns them); the
   config.gin names the user task registration, so eval/infer re-register it."""
@@ -129,6 +131,7 @@ def test_finetuning_starts_from_the_pretrained_parameters(finetuned, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_infer_on_the_finetuned_run(finetuned, tmp_path):
   model_dir, _ = finetuned
   rows = [json.loads(l) for l in open(os.path.join(os.path.dirname(model_dir), "validation.jsonl"))]

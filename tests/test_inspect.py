@@ -20,6 +20,7 @@ def run(capsys, *argv):
   return e.value.code, out, err
 
 
+@pytest.mark.slow
 def test_span_corruption_text_and_json(capsys):
   code, out, _ = run(capsys, "demo_span_corruption", "--num_examples", "1", "--stats_examples",
                      "24", "--inputs_length", "128")
@@ -56,6 +57,7 @@ def test_bart_denoising_shows_masks(capsys):
   assert stats["spans_per_example"] > 1
 
 
+@pytest.mark.slow
 def test_ul2_mixture_by_task(capsys):
   code, out, _ = run(capsys, "demo_ul2", "--num_examples", "3", "--stats_examples", "28",
                      "--inputs_length", "128")

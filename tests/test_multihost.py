@@ -16,6 +16,8 @@ import pytest
 
 import multihost_util as mh
 
+pytestmark = pytest.mark.slow  # every test here starts processes or trains
+
 STEPS = mh.TRAIN_STEPS  # 6; checkpoints at 3 and 6
 
 

@@ -227,6 +227,7 @@ def test_deshuffling_is_a_permutation(registered):
 
 
 # --- UL2 ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ul2_denoisers(registered, vocabs):
   t5 = vocabs[0]
   lengths = {"inputs": 256, "targets": 256}
@@ -263,6 +264,7 @@ def test_sentinels_repeat_after_extra_ids():
       noise_span_to_unique_sentinel(tokens, mask, 1000))
 
 
+@pytest.mark.slow
 def test_ul2_mixture_rates(registered, vocabs):
   t5 = vocabs[0]
   mode = {tuple(t5.encode(m)): m for m in (objectives.UL2_R, objectives.UL2_X, objectives.UL2_S)}

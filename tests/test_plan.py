@@ -63,6 +63,7 @@ def tiny_config() -> Config:
                 num_decoder_layers=2)
 
 
+@pytest.mark.slow
 def test_fits_on_a_tpu_topology(runs_):
   rc, plan, stderr, _ = runs_["tpu"]
   assert rc == 0, stderr[-3000:]

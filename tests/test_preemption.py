@@ -12,6 +12,8 @@ import pytest
 
 import multihost_util as mh
 
+pytestmark = pytest.mark.slow  # every test here starts processes or trains
+
 STEPS = mh.TRAIN_STEPS
 
 

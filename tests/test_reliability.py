@@ -70,6 +70,7 @@ def _saved_params_finite(model_dir, step):
   return all(np.all(np.isfinite(v)) for v in mh.saved_params(model_dir, step).values())
 
 
+@pytest.mark.slow
 def test_divergence_stops_and_keeps_the_good_checkpoints(tmp_path):
   """10 good steps (checkpoints 5 and 10, keep 3), then the same run continues at a learning
   rate of 1e9: every later step is non-finite, so no checkpoint is written while they last, the
@@ -132,6 +133,7 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, capsys):
   assert "heartbeat is 120 s old" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_folder_exits_naming_the_holder(tmp_path):
   model_dir = tmp_path / "run"
   first = mh.Run(mh.train_args(model_dir, steps=40), 1, 8, tmp_path, step_delay=0.5,
@@ -171,6 +173,7 @@ def _kill_during_save(run, model_dir: pathlib.Path, skip: int, timeout: float = 
   raise AssertionError(f"no save in flight seen\n{run.output()}")
 
 
+@pytest.mark.slow
 def test_kill_9_during_async_saves_then_resume_is_bit_exact(tmp_path):
   """Three times: start the run, kill -9 it while an asynchronous save is being written; then
   run the same command to the end. Only finished checkpoints count, the lock of the dead process

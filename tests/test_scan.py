@@ -158,6 +158,7 @@ def _residual_bytes(fn, *args) -> int:
   return total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
 def test_remat_policies_same_loss_and_gradients_less_memory(scan):
   params = random_params(TINY)
@@ -186,6 +187,7 @@ def test_remat_policy_name_is_validated():
     TINY.replace(remat_policy="fast")
 
 
+@pytest.mark.slow
 def test_scanned_decoder_decodes_like_unrolled():
   """The scanned decoder's stacked KV cache (gathered by beam) gives the unrolled model's beams."""
   tokens = jnp.asarray(make_batch()["encoder_input_tokens"][:3])
@@ -309,6 +311,7 @@ def runs(tmp_path_factory):
   return straight, switched
 
 
+@pytest.mark.slow
 def test_switching_layouts_resumes_exactly(runs):
   """Step, parameters and optimizer state carry over both ways: the switched run's losses are
   those of the run that never switched."""
@@ -323,6 +326,7 @@ def test_switching_layouts_resumes_exactly(runs):
   assert want[9] < want[1] - 0.5  # it trains
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step,saved", [(3, "unrolled"), (6, "scanned")])
 def test_restore_into_the_other_layout(runs, step, saved):
   """Checkpointer.restore (TrainState) and restore_params (init_checkpoint's path) put one

@@ -71,6 +71,7 @@ def run_steps(mesh, fsdp=False, optimizer="adafactor", steps=3, microbatches=1):
   return np.array(losses), state, shardings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,fsdp", [((4, 2), False), ((2, 4), False), ((4, 2), True)])
 def test_sharded_losses_equal_single_device(shape, fsdp):
   assert jax.device_count() == 8
@@ -84,6 +85,7 @@ def test_sharded_losses_equal_single_device(shape, fsdp):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_microbatches_equal_one_batch():
   ref, _, _ = cached_run((1, 1))
   losses, _, _ = cached_run((4, 2), microbatches=2)

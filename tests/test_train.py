@@ -64,6 +64,7 @@ def test_train_end_to_end_loss_falls_and_writes_outputs(straight):
     assert key in rows[5], key
 
 
+@pytest.mark.slow
 def test_resume_equals_straight_run(straight, tmp_path):
   """N steps, a restart of the same command, N more == 2N steps straight (params and losses)."""
   d, params = straight

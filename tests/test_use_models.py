@@ -127,6 +127,7 @@ def test_infer_greedy_equals_hf_generate(hf_dir, imported, vocab, tmp_path):
     assert row["prediction"] == vocab.decode(ids), (row, ids)
 
 
+@pytest.mark.slow
 def test_infer_beam_and_sampling(imported, tmp_path):
   inp = write_jsonl(tmp_path / "in.jsonl", EXAMPLES[:2])
   cli("infer", f"--model_dir={imported}", f"--input={inp}", f"--output={tmp_path / 'g.jsonl'}",
@@ -141,6 +142,7 @@ def test_infer_beam_and_sampling(imported, tmp_path):
   assert [r["inputs"] for r in beam] == [e["inputs"] for e in EXAMPLES[:2]]
 
 
+@pytest.mark.slow
 def test_export_hf_loads_with_equal_logits(imported, tmp_path):
   out = tmp_path / "exported"
   cli("export-hf", str(imported), str(out))
