@@ -21,7 +21,7 @@ setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[cpu,hf,metrics,dev,plan]'
+	$(PIP) install -q -e '.[cpu,hf,metrics,dev,plan,corpus]'
 	$(PIP) install -q --no-deps t5==0.9.4 babel
 	touch $@
 

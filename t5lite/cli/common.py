@@ -60,6 +60,7 @@ def register_configurables() -> None:
   """Imports every module that declares a gin configurable (before any gin parse)."""
   # pylint: disable=g-import-not-at-top,unused-import
   from t5lite import checkpoints, config, doremi_run, lock, optim, partitioning, train
+  from t5lite.corpus import c4_rules
   from t5lite.data import finetune, sources, streams, tasks
 
 
