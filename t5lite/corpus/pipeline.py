@@ -120,7 +120,7 @@ def claim_output(build: Build) -> bool:
   """Writes the manifest into a new or empty output folder (False), or accepts a folder holding
   this same build (True: resume); ValueError for a folder holding anything else."""
   path = _io.join(build.output, MANIFEST)
-  manifest = build.manifest()
+  manifest = json.loads(json.dumps(build.manifest()))  # tuples as JSON gives them back
   if _io.exists(path):
     try:
       old = json.loads(_io.read_text(path))
@@ -192,18 +192,21 @@ def _minhash_passes(build: Build, current: list) -> list[Pass]:
   from datatrove.pipeline.dedup import minhash  # pylint: disable=g-import-not-at-top
   folder = _io.join(build.work, "minhash")
   current += [steps.Checkpoint(build.work, "filtered"),
-              minhash.MinhashDedupSignature(_io.join(folder, "signatures"), dedup.MINHASH,
+              minhash.MinhashDedupSignature(output_folder=_io.join(folder, "signatures"),
+                                            config=dedup.MINHASH,
                                             language=dedup.WhitespaceWords())]
   return [Pass("filter", build.tasks, current),
           Pass("minhash-buckets", dedup.MINHASH.num_buckets, [minhash.MinhashDedupBuckets(
-              _io.join(folder, "signatures"), _io.join(folder, "buckets"), dedup.MINHASH)]),
+              input_folder=_io.join(folder, "signatures"),
+              output_folder=_io.join(folder, "buckets"), config=dedup.MINHASH)]),
           Pass("minhash-cluster", 1, [minhash.MinhashDedupCluster(
-              _io.join(folder, "buckets"), _io.join(folder, "remove"), dedup.MINHASH)])]
+              input_folder=_io.join(folder, "buckets"), output_folder=_io.join(folder, "remove"),
+              config=dedup.MINHASH)])]
 
 
 def _minhash_filter(work: str):
   from datatrove.pipeline.dedup import minhash  # pylint: disable=g-import-not-at-top
-  return minhash.MinhashDedupFilter(_io.join(work, "minhash", "remove"))
+  return minhash.MinhashDedupFilter(input_folder=_io.join(work, "minhash", "remove"))
 
 
 class Finish(PipelineStep):

@@ -109,10 +109,10 @@ class ReadPages(CountingStep):
       try:
         for page_index, page in enumerate(wet.read_pages(path, self.keys,
                                                          self.counter(namespace))):
+          self._counts["pages/in"] += 1
           if self.max_page_chars and not wet.is_valid_length(page, self.max_page_chars,
                                                              length_count):
             continue
-          self._counts["pages/in"] += 1
           yield Document(text=page.text, id=f"{file_index}:{page_index}", metadata={
               "url": page.url, "nurl": page.normalized_url, "ts": page.timestamp,
               "src": dedup.source_order(file_index, page_index)})
