@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import sys
 
 from t5lite.cli import common
@@ -69,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
   r = sub.add_parser("report", help="print a build's counters, or its progress")
   r.add_argument("output", help="a build's output folder")
   d = sub.add_parser("demo-wet", help="write a WET file of the embedded demo corpus's documents "
-                                      "dressed as web pages")
+                                      "dressed as web pages (and the demo vocabulary beside it)")
   d.add_argument("path", help="the .warc.wet.gz file to write (local)")
   d.add_argument("--seed", type=int, default=0)
   return p
@@ -150,8 +151,9 @@ def _demo_wet(args: argparse.Namespace) -> int:
   parent = os.path.dirname(os.path.abspath(args.path))
   os.makedirs(parent, exist_ok=True)
   pages = demo.write_wet(args.path, demo_corpus.documents(), seed=args.seed)
-  vocab = demo_corpus.demo_assets().vocab_path
-  print(f"wrote {pages} pages to {args.path}; the demo vocabulary: {vocab}")
+  vocab = os.path.join(parent, demo_corpus.VOCAB_FILE)
+  shutil.copy(demo_corpus.demo_assets().vocab_path, vocab)
+  print(f"wrote {pages} pages to {args.path}, and the demo vocabulary to {vocab}")
   return 0
 
 
@@ -160,8 +162,7 @@ class _ProgressBar:
 
   def __init__(self, stream):
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    self._bar = tqdm(total=0, file=stream, unit="task", dynamic_ncols=True,
-                     disable=stream is None)
+    self._bar = tqdm(total=0, file=stream, unit="task", dynamic_ncols=True, leave=False)
 
   def update(self, done: int, total: int, current: str) -> None:
     self._bar.total = total
