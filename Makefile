@@ -4,7 +4,7 @@ VENV ?= .venv
 PIP = $(VENV)/bin/pip
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: setup setup-test demo test bench clean
+.PHONY: setup setup-test setup-corpus demo corpus-demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,28 @@ $(VENV)/.installed-test: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/t5lite train --gin_file=runs/demo.gin
 
+# `t5lite corpus` end to end: a WET file of the demo corpus dressed as web pages -> C4's rules ->
+# allenai/c4-style shards -> the tiny model trained on them through the token cache. It needs
+# NLTK's Punkt model and C4's bad-words list (README, "Build a corpus"): NLTK_DATA names the
+# folder holding tokenizers/punkt_tab/, BADWORDS the list.
+CORPUS_DEMO = runs/corpus_demo
+NLTK_DATA ?= $(HOME)/nltk_data
+BADWORDS ?= $(or $(T5LITE_CACHE),$(HOME)/.cache/t5lite)/badwords/en
+
+setup-corpus: $(VENV)/.installed-corpus
+
+$(VENV)/.installed-corpus: $(VENV)/.installed
+	$(PIP) install -q -e '.[cpu,corpus]'
+	touch $@
+
+corpus-demo: setup-corpus
+	rm -rf $(CORPUS_DEMO)
+	$(VENV)/bin/t5lite corpus demo-wet $(CORPUS_DEMO)/CC-MAIN-demo.warc.wet.gz
+	$(VENV)/bin/t5lite corpus build --input '$(CORPUS_DEMO)/*.warc.wet.gz' \
+	    --output $(CORPUS_DEMO)/c4 --nltk_data $(NLTK_DATA) --badwords $(BADWORDS) \
+	    --gin.Recipe.validation_modulus=20
+	$(VENV)/bin/t5lite train --gin_file=runs/corpus_demo.gin
+
 test: setup-test
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
@@ -38,4 +60,4 @@ bench: setup-test
 	$(VENV)/bin/python benchmarks/bench_decode.py
 
 clean:
-	rm -rf runs/demo runs/doremi_demo
+	rm -rf runs/demo runs/doremi_demo runs/corpus_demo

@@ -83,21 +83,27 @@ def _load(path: str) -> np.ndarray:
 class SignatureWriter:
   """Collects one task's records and writes them, by bucket, when the task ends."""
 
+  CHUNK = 1 << 16  # rows kept as Python tuples before they become a compact array
+
   def __init__(self, work: str, kind: str, buckets: int, task: int):
     self.work, self.kind, self.buckets, self.task = work, kind, buckets, task
     self.rows: list[tuple] = []
+    self.chunks: list[np.ndarray] = []
 
   def add(self, key: tuple[int, int], order: tuple[int, ...], source: int, idx: int) -> None:
     order = tuple(order) + (0,) * (4 - len(order))
     self.rows.append(key + order + (source, self.task, idx))
+    if len(self.rows) >= self.CHUNK:
+      self.chunks.append(np.array(self.rows, dtype=RECORD))
+      self.rows = []
 
   def close(self) -> int:
-    records = np.array(self.rows, dtype=RECORD) if self.rows else np.zeros(0, RECORD)
+    records = np.concatenate(self.chunks + [np.array(self.rows, dtype=RECORD).reshape(-1)])
     which = records["k0"] % np.uint64(self.buckets)
     for bucket in range(self.buckets):
       _save(_io.join(bucket_dir(self.work, self.kind, bucket), f"{self.task:05d}.npy"),
             records[which == bucket])
-    self.rows = []
+    self.rows, self.chunks = [], []
     return len(records)
 
 

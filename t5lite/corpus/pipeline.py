@@ -191,7 +191,7 @@ def passes(build: Build) -> list[Pass]:
 def _minhash_passes(build: Build, current: list) -> list[Pass]:
   from datatrove.pipeline.dedup import minhash  # pylint: disable=g-import-not-at-top
   folder = _io.join(build.work, "minhash")
-  current += [steps.Checkpoint(build.work, "filtered"),
+  current = current + [steps.Checkpoint(build.work, "filtered"),
               minhash.MinhashDedupSignature(output_folder=_io.join(folder, "signatures"),
                                             config=dedup.MINHASH,
                                             language=dedup.WhitespaceWords())]
@@ -307,9 +307,13 @@ def run(build: Build, options: ExecutorOptions = ExecutorOptions(),
         progress: Optional[Callable[[int, int, str], Any]] = None) -> Optional[dict]:
   """Claims the output folder and runs (local, Ray) or submits (SLURM) every pass; returns the
   report when the build has finished here (local, Ray), else None. progress(done, total, pass)
-  is called every half second while a local or Ray build runs."""
+  is called every half second (5 s for a remote work folder) while a local or Ray build runs."""
   claim_output(build)
   chain = executors(build, options)
+  if options.kind == "ray":
+    import ray  # pylint: disable=g-import-not-at-top
+    if not ray.is_initialized():
+      ray.init()  # the cluster `ray start` made on this machine, or RAY_ADDRESS's
   stop = threading.Event()
   watcher = None
   if progress is not None and options.kind != "slurm":
@@ -332,7 +336,8 @@ def _watch(build: Build, progress: Callable[[int, int, str], Any], stop: threadi
     total = sum(n for _, _, n in left)
     current = next((name for name, todo, _ in left if todo), "done")
     progress(total - sum(todo for _, todo, _ in left), total, current)
+  interval = 5.0 if _io.is_remote(build.work) else 0.5  # listing a bucket costs more
   report_once()
-  while not stop.wait(0.5):
+  while not stop.wait(interval):
     report_once()
   report_once()
