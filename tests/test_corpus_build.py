@@ -194,6 +194,7 @@ def test_rerun_redoes_nothing_and_resume_redoes_only_the_rest(wet_files, tmp_pat
   assert not (tmp_path / "out2" / "work" / "pages").exists()  # intermediates gone at the end
 
 
+@pytest.mark.slow
 def test_tasks_and_workers_change_the_shards_not_the_corpus(wet_files, tmp_path, nltk_data):
   inputs = sorted((wet_files / "small").glob("*.wet.gz"))
   _, one = build(inputs, tmp_path / "one", nltk_data=nltk_data, tasks=1)
@@ -355,6 +356,7 @@ exec "$@"
 """
 
 
+@pytest.mark.slow
 def test_slurm_executor_runs_the_same_build(wet_files, tmp_path, nltk_data, monkeypatch):
   """The same passes as SLURM job arrays chained by dependencies (a stand-in sbatch runs them)."""
   bin_dir = tmp_path / "bin"
