@@ -393,3 +393,22 @@ def test_ray_executors_chain_the_passes(tmp_path, nltk_data):
   assert all(b.depends is a for a, b in zip(chain, chain[1:]))
   with pytest.raises(ValueError, match="needs a partition"):
     pipeline.executors(plan, pipeline.ExecutorOptions(kind="slurm"))
+
+
+def test_a_local_build_never_imports_tensorflow(tmp_path, nltk_data):
+  """The library reads and writes local files without TensorFlow (only gs:// paths use it)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  path = write_jsonl(tmp_path / "p.jsonl", [{"url": "http://a.com", "text": "\n".join(
+      sentences("A", 3))}])
+  code = textwrap.dedent(f"""
+      import sys
+      from t5lite.corpus import c4_rules, pipeline
+      plan = pipeline.plan([{str(path)!r}], {str(tmp_path / "out")!r},
+                           c4_rules.Recipe(badwords_fraction=0.0),
+                           nltk_data=[{str(nltk_data)!r}])
+      assert pipeline.run(plan)["kept"]["train"] == 1
+      assert "tensorflow" not in sys.modules and "jax" not in sys.modules, "imported"
+      """)
+  env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parent.parent)}
+  result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]
