@@ -7,8 +7,9 @@ pipeline of those two filters; peak memory of each.
       --badwords ../shared/data/badwords/en [--copies 4] [--repeats 3]
 
 Pages: the real C4 sample (1000 documents) and the embedded demo corpus (181), dressed as web
-pages by t5lite/corpus/demo.py (boilerplate, older copies, spam pages): 1,323 pages a copy;
---copies N gives N copies under other URLs. Each row runs in its own process (its peak RSS is
+pages by t5lite/corpus/demo.py (boilerplate, older copies, spam pages): 1,306 pages a copy;
+--copies N gives N copies under other URLs, each line of copy k led by the word `Copyk` (so
+that the line dedup of a build does not drop the copies). Each row runs in its own process (its peak RSS is
 the row's memory). Per core: pages per CPU second of that one process (the rate another job on
 the shared cores does not lower; a one-worker build runs in it); the two-worker build: pages per
 wall second / 2.
@@ -50,8 +51,11 @@ def write_documents(copies: int, path: str) -> None:
     docs = [json.loads(line) for line in f] + list(demo_corpus.documents())
   with open(path, "w", encoding="utf-8") as f:
     for k in range(copies):
-      for d in docs:
-        f.write(json.dumps({**d, "url": d["url"] + (f"?copy={k}" if k else "")}) + "\n")
+      for d in docs:  # copy k: another URL, each line led by a word of its own (not duplicates)
+        text = d["text"] if not k else "\n".join(
+            f"Copy{k} {line}" if line.strip() else line for line in d["text"].split("\n"))
+        f.write(json.dumps({**d, "text": text,
+                            "url": d["url"] + (f"?copy={k}" if k else "")}) + "\n")
 
 
 def read_documents(path: str) -> list[dict]:

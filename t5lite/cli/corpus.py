@@ -69,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
   _build_parser(sub)
   r = sub.add_parser("report", help="print a build's counters, or its progress")
   r.add_argument("output", help="a build's output folder")
+  r.add_argument("--work", default=None, help="the build's --work folder, if not OUTPUT/work")
   d = sub.add_parser("demo-wet", help="write a WET file of the embedded demo corpus's documents "
                                       "dressed as web pages (and the demo vocabulary beside it)")
   d.add_argument("path", help="the .warc.wet.gz file to write (local)")
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> int:
     raise ValueError(f"--gin.{bindings[0].split(' ')[0]}: gin applies to `t5lite corpus build` "
                      "only")
   if args.action == "report":
-    return _report(args.output)
+    return _report(args)
   return _demo_wet(args)
 
 
@@ -124,24 +125,17 @@ def _build(args: argparse.Namespace) -> int:
   return 0
 
 
-def _report(output: str) -> int:
-  import json  # pylint: disable=g-import-not-at-top
-  from t5lite.corpus import _io, pipeline, report  # pylint: disable=g-import-not-at-top
+def _report(args: argparse.Namespace) -> int:
+  from t5lite.corpus import pipeline, report  # pylint: disable=g-import-not-at-top
+  build = pipeline.load_build(args.output, args.work)
   try:
-    print(report.format_table(report.load(output)))
+    print(report.format_table(report.load(build.output)))
     return 0
   except FileNotFoundError:
-    manifest = _io.join(_io.absolute(output), pipeline.MANIFEST)
-    if not _io.exists(manifest):
-      raise FileNotFoundError(f"{output} holds no corpus build ({pipeline.MANIFEST} not found)")
-  print(f"{output}: not finished; tasks done per pass:")
-  logs = _io.join(_io.absolute(output), "work", "logs")
-  for name in _io.listdir(logs):
-    done = len(_io.listdir(_io.join(logs, name, "completions")))
-    executor = _io.join(logs, name, "executor.json")
-    total = json.loads(_io.read_text(executor)).get("world_size", "?") if _io.exists(
-        executor) else "?"
-    print(f"  {name:<20} {done} / {total}")
+    pass
+  print(f"{build.output}: not finished; tasks done per pass:")
+  for name, todo, total in pipeline.tasks_left(build):
+    print(f"  {name:<16} {total - todo:>6} / {total}")
   return 0
 
 

@@ -21,6 +21,8 @@ from typing import Callable, Optional, Sequence
 
 import gin
 
+from t5lite.corpus import _io
+
 Count = Callable[..., None]
 
 CITATION_REGEX = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
@@ -215,10 +217,13 @@ class LanguageFilter:
 # ------------------------------------------------------------------------------ bad words
 
 
+EN_BADWORDS_URL = ("https://raw.githubusercontent.com/LDNOOBW/List-of-Dirty-Naughty-Obscene-and-"
+                   "Otherwise-Bad-Words/25e679f03d96baa721cde20db9944649e8d0a844/en")
+
+
 def read_badwords(path: str) -> set[str]:
   """The words of a bad-words file (one a line, stripped; blank lines ignored); FileNotFoundError
   saying how to get C4's list when it is missing."""
-  from t5lite.corpus import _io  # pylint: disable=g-import-not-at-top
   if not _io.exists(path):
     raise FileNotFoundError(
         f"bad-words list {path} not found: download C4's (LDNOOBW, commit 25e679f) with `curl -o "
@@ -229,10 +234,6 @@ def read_badwords(path: str) -> set[str]:
   if not words:
     raise ValueError(f"bad-words list {path} is empty: expected one word or phrase a line")
   return words
-
-
-EN_BADWORDS_URL = ("https://raw.githubusercontent.com/LDNOOBW/List-of-Dirty-Naughty-Obscene-and-"
-                   "Otherwise-Bad-Words/25e679f03d96baa721cde20db9944649e8d0a844/en")
 
 
 def url_hash(normalized_url: str) -> int:
