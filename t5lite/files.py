@@ -1,7 +1,8 @@
 """The one file API: local paths (relative or absolute) through the standard library, remote ones
 (gs:// and the other schemes tf.io.gfile serves) through TensorFlow, imported only for them.
 
-  is_remote absolute join exists isdir listdir glob glob_all makedirs remove rename copy
+  is_remote absolute join exists isdir listdir glob glob_all makedirs remove remove_tree rename
+  copy
   open_file                     a file object (local or remote)
   read_text read_bytes          a whole file
   write_text write_bytes        a whole file, atomically (atomic_write)
@@ -72,9 +73,12 @@ def makedirs(path) -> None:
     os.makedirs(path, exist_ok=True)
 
 
-def listdir(path) -> list[str]:
-  """Entry names (without the trailing '/' some remote file systems add)."""
+def listdir(path, missing_ok: bool = False) -> list[str]:
+  """Entry names (without the trailing '/' some remote file systems add); [] for a folder that
+  does not exist when missing_ok."""
   path = os.fspath(path)
+  if missing_ok and not isdir(path):
+    return []
   names = _gfile().listdir(path) if is_remote(path) else os.listdir(path)
   return sorted(name.rstrip("/") for name in names)
 
@@ -107,6 +111,16 @@ def remove(path, missing_ok: bool = False) -> None:
     _gfile().remove(path)
   else:
     os.remove(path)
+
+
+def remove_tree(path) -> None:
+  """Removes a folder and everything in it (nothing when it does not exist)."""
+  path = os.fspath(path)
+  if is_remote(path):
+    if _gfile().exists(path):
+      _gfile().rmtree(path)
+  else:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def rename(src, dst, overwrite: bool = False) -> None:

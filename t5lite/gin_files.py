@@ -111,6 +111,9 @@ def _naming(source: str):
   except (SyntaxError, tokenize.TokenError, ValueError, TypeError, NameError) as e:
     message = (f"{e.args[0]} (line {e.args[1][0]})" if isinstance(e, tokenize.TokenError)
                else str(e))
+    if "No configurable matching" in message and "Sources" in message:  # a library caller
+      message += (" (import the modules that declare t5lite's configurables first: "
+                  "t5lite.cli.common.register_configurables())")
     if isinstance(e, SyntaxError) and e.lineno and "line" not in message:
       message += f" (line {e.lineno})"
     raise ValueError(f"{source}: {message}") from e

@@ -68,6 +68,19 @@ def gpt2_bpe_dir() -> pathlib.Path:
     return _shared("gpt2_bpe/encoder.json").parent
 
 
+@pytest.fixture(scope="session")
+def nltk_data() -> pathlib.Path:
+    """NLTK's Punkt English sentence model (punkt_tab form): the folder holding tokenizers/."""
+    _shared("nltk_data/tokenizers/punkt_tab/english/sent_starters.txt")
+    return _shared("nltk_data")
+
+
+@pytest.fixture(scope="session")
+def badwords_en() -> pathlib.Path:
+    """The LDNOOBW English list C4 en used (commit 25e679f, 377 entries)."""
+    return _shared("badwords/en")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _no_gin_bindings_across_modules():
   """In-process commands leave gin bindings (e.g. demo.gin's grad_clip) behind: no test module

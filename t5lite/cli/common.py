@@ -62,6 +62,7 @@ def register_configurables() -> None:
   from t5lite.data.feed import streams
   from t5lite.data.sources import sources
   from t5lite.data.tasks import finetune, registry
+  from t5lite.corpus import c4_rules
   from t5lite.datamix import doremi_run
   from t5lite.model import config
   from t5lite.runtime import devices, partitioning
