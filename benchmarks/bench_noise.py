@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 
 from t5lite.data.objectives import numpy_objectives as noise  # noqa: E402
 from t5lite.data.objectives import registry as objectives  # noqa: E402
-from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary  # noqa: E402
-from t5lite.data.vocab.sentencepiece import get_vocabulary  # noqa: E402
+from t5lite.data.vocab.seqio_vocab import GPT2BPEVocabulary  # noqa: E402
+from t5lite.data.vocab.seqio_vocab import get_vocabulary  # noqa: E402
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 INPUTS = 512

@@ -24,12 +24,12 @@ import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from t5lite.data.cache import build as cache_build  # noqa: E402
-from t5lite.data.vocab.sentencepiece import get_vocabulary  # noqa: E402
+from t5lite.data.vocab.seqio_vocab import get_vocabulary  # noqa: E402
 from t5lite.data.feed import indexed  # noqa: E402
 from t5lite.data.tasks import registry as tasks  # noqa: E402
 from t5lite.data.sources import json_lines  # noqa: E402
 from t5lite.data.objectives import registry as objectives  # noqa: E402
-from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary  # noqa: E402
+from t5lite.data.vocab.seqio_vocab import GPT2BPEVocabulary  # noqa: E402
 
 from bench_pipeline import _examples_in, tf_data_rate  # noqa: E402  (this folder is on sys.path)
 

@@ -35,7 +35,7 @@ from t5lite.data.feed import indexed  # noqa: E402
 from t5lite import testing as peers  # noqa: E402
 from t5lite.data.sources import json_lines, sources  # noqa: E402
 from t5lite.data.tasks import registry as tasks  # noqa: E402
-from t5lite.data.vocab.sentencepiece import get_vocabulary  # noqa: E402
+from t5lite.data.vocab.seqio_vocab import get_vocabulary  # noqa: E402
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 LENGTHS = {"inputs": 512, "targets": 114}

@@ -15,7 +15,8 @@ from t5lite.data.cache import build as cache_build
 from t5lite.data.cache import keys, reader
 from t5lite.data.sources import json_lines
 from t5lite.data.tasks import registry as tasks
-from t5lite.data.vocab import sentencepiece as vocab
+from t5lite.data.vocab import seqio_vocab as vocab
+from t5lite.data.vocab import sentencepiece
 from t5lite.data.sources.sources import Sources
 from t5lite.data.objectives.tf_spans import reduce_concat_tokens, select_random_chunk, split_tokens
 
@@ -223,7 +224,7 @@ def test_missing_cache_names_the_command(shards, register, tmp_path):
 def test_other_vocabulary_is_never_used(built, shards, register, tmp_path):
   directory, _ = built
   root = os.path.dirname(directory)
-  other_vocab = vocab.train_vocabulary([shards[0]], str(tmp_path / "other.model"), vocab_size=500)
+  other_vocab = sentencepiece.train_vocabulary([shards[0]], str(tmp_path / "other.model"), vocab_size=500)
   other = register(shards, vocabulary_path=other_vocab)
   assert keys.cache_key(other, "train").name != os.path.basename(directory)
   with pytest.raises(FileNotFoundError, match="built from other files, steps or vocabulary"):

@@ -4,7 +4,6 @@ SLURM executor (a stand-in sbatch that runs each job here); bad input as one cle
 nothing written half."""
 import gzip
 import hashlib
-import io
 import json
 import os
 import pathlib

@@ -13,10 +13,11 @@ from t5lite import main
 from t5lite.data.sources import demo_corpus
 from t5lite.data.feed import tfdata as pipeline
 from t5lite.data.tasks import registry as tasks
-from t5lite.data.vocab import sentencepiece as vocab
+from t5lite.data.vocab import seqio_vocab as vocab
 from t5lite.serving import run
 from t5lite.store.run_dir import RunDir
-from t5lite.data.sources.sources import JsonLinesDataSource, Sources
+from t5lite.data.sources.json_lines import JsonLinesDataSource
+from t5lite.data.sources.sources import Sources
 
 SMALL = {"inputs": 512, "targets": 114}
 

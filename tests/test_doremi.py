@@ -157,7 +157,7 @@ def domains(tmp_path_factory):
   folder = tmp_path_factory.mktemp("domains")
   docs = list(demo_corpus.documents())
   vocab_path = demo_corpus.demo_assets().vocab_path
-  from t5lite.data.vocab.sentencepiece import SentencePieceVocabulary
+  from t5lite.data.vocab.seqio_vocab import SentencePieceVocabulary
   vocab = SentencePieceVocabulary(vocab_path, extra_ids=100)
   rng = np.random.default_rng(0)
   random_docs = [{"text": vocab.decode(rng.integers(3, 3000, 250).tolist())} for _ in range(400)]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from t5lite.data.vocab import gpt2 as gpt2_vocab
+from t5lite.data.vocab import seqio_vocab as gpt2_vocab
 
 NUM_DOCS = 1000  # every document of the sample
 

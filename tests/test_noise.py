@@ -19,8 +19,8 @@ from t5lite.data.objectives import registry as objectives
 from t5lite.data.objectives import tf_objectives as obj
 from t5lite.data.objectives import tf_spans as sc
 from t5lite.data.tasks import registry as tasks
-from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary
-from t5lite.data.vocab.sentencepiece import get_vocabulary
+from t5lite.data.vocab.seqio_vocab import GPT2BPEVocabulary
+from t5lite.data.vocab.seqio_vocab import get_vocabulary
 
 SC_LENGTHS = {"inputs": 512, "targets": 114}
 

@@ -14,9 +14,9 @@ from t5lite.data.objectives import registry as objectives
 from t5lite.data.objectives import tf_objectives as obj
 from t5lite.data.sources import json_lines, sources
 from t5lite.data.tasks import registry as tasks
-from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary
+from t5lite.data.vocab.seqio_vocab import GPT2BPEVocabulary
 from t5lite.data.objectives.tf_spans import noise_span_to_unique_sentinel
-from t5lite.data.vocab.sentencepiece import get_vocabulary
+from t5lite.data.vocab.seqio_vocab import get_vocabulary
 
 P = "testc4"  # task-name prefix of the objectives registered on the C4 sample
 LENGTHS = {"inputs": 512, "targets": 512}

@@ -11,7 +11,7 @@ from t5lite.data.objectives import tf_spans as sc
 from t5lite.data.objectives import lengths as objective_lengths
 from t5lite.data.sources import json_lines
 from t5lite.data.tasks import registry as tasks
-from t5lite.data.vocab.sentencepiece import get_vocabulary
+from t5lite.data.vocab.seqio_vocab import get_vocabulary
 
 LENGTHS = {"inputs": 512, "targets": 114}
 

@@ -20,7 +20,7 @@ from t5lite import main
 from t5lite.serving import run as runs
 from t5lite.store.run_dir import RunDir
 from t5lite.cli import common  # pylint: disable=g-import-not-at-top
-from t5lite.data.vocab import sentencepiece as vocab_lib  # pylint: disable=g-import-not-at-top
+from t5lite.data.vocab import seqio_vocab as vocab_lib  # pylint: disable=g-import-not-at-top
 
 V = 32128
 EXAMPLES = [

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import jax
 
 from t5lite import files, gin_files
+from t5lite.data.vocab import gpt2, sentencepiece
 from t5lite.model.config import Config
 from t5lite.model.network import EncoderDecoder
 from t5lite.model.params import abstract_params
@@ -23,10 +24,9 @@ from t5lite.store.run_dir import SPIECE, RunDir
 
 def vocabulary_from(path: str):
   """A SentencePiece .model file, or a folder of GPT-2/BART BPE files."""
-  from t5lite.data.vocab import gpt2 as gpt2_vocab, sentencepiece as vocab  # pylint: disable=g-import-not-at-top
   if files.isdir(path):
-    return gpt2_vocab.GPT2BPEVocabulary(path)
-  return vocab.get_vocabulary(path)
+    return gpt2.GPT2BPE(path)
+  return sentencepiece.load(path)
 
 
 def task_name() -> Optional[str]:

@@ -12,16 +12,15 @@ from t5lite.data.cache.format import FEATURE, CacheKey
 from t5lite.data.cache.manifest import CachedTask
 from t5lite.data.sources.json_lines import JsonLinesDataSource
 from t5lite.data.tasks import registry as tasks
-from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary
 
 
 def vocabulary_fingerprint(vocabulary: seqio.Vocabulary) -> dict[str, Any]:
   """What identifies a vocabulary's ids: the SentencePiece model's bytes, or GPT-2 BPE's files."""
   digest = hashlib.sha256()
-  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+  if hasattr(vocabulary, "sp_model"):  # seqio's SentencePieceVocabulary or SentencePieceVocab
     kind = "sentencepiece"
     digest.update(vocabulary.sp_model)  # serialized model, extra ids included
-  elif isinstance(vocabulary, GPT2BPEVocabulary):
+  elif hasattr(vocabulary, "bpe_dir"):  # GPT2BPE, or its seqio adapter
     kind = "gpt2_bpe"
     vocabulary.vocab_size  # pylint: disable=pointless-statement  # loads it: missing files raise
     for name in ["encoder.json", "vocab.bpe", "vocab.json", "merges.txt", "dict.txt"]:

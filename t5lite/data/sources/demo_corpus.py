@@ -21,7 +21,6 @@ import tempfile
 import warnings
 from typing import Iterator
 
-from t5lite.data.vocab.sentencepiece import SentencePieceVocabulary
 
 NUM_TRAIN_SHARDS = 4
 VALIDATION_EVERY = 20  # every 20th document goes to validation
@@ -150,16 +149,9 @@ def _lock(path: str):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-class DemoVocabulary(SentencePieceVocabulary):
-  """The demo corpus's vocabulary; the demo assets are built on its first use."""
-
-  def __init__(self, extra_ids: int = 100):
-    super().__init__(_paths(cache_dir()).vocab_path, extra_ids=extra_ids)
-
-  def _model_context(self):
-    if not self._model:
-      demo_assets()
-    return super()._model_context()
+def vocab_path() -> str:
+  """Where the demo vocabulary is (or will be, once demo_assets() has built it)."""
+  return _paths(cache_dir()).vocab_path
 
 
 def demo_assets() -> DemoAssets:

@@ -7,14 +7,14 @@ import logging
 import os
 import threading
 import zlib
-from typing import Iterator, Mapping, Optional, Sequence, Union
+from typing import Iterator, Mapping, Optional, Sequence
 
 import seqio
 import tensorflow as tf
 
 from t5lite import files
+from t5lite.data.sources.sources import Patterns
 
-Patterns = Union[str, Sequence[str]]
 
 
 class CorruptFileError(ValueError):

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from t5lite import files
 from t5lite.data.sources.sources import Sources
-from t5lite.data.vocab.sentencepiece import SentencePieceVocabulary
+from t5lite.data.vocab.seqio_vocab import SentencePieceVocabulary
 
 FORMATS = ("jsonl", "tsv")
 Patterns = Union[str, Sequence[str]]

@@ -33,9 +33,10 @@ import tensorflow as tf
 
 from t5lite.data.objectives import registry as objectives
 from t5lite.data.objectives.registry import Objective
+from t5lite.data.sources import seqio_sources
 from t5lite.data.sources.json_lines import json_source
 from t5lite.data.sources.sources import SOURCE_NAMES, Sources
-from t5lite.data.vocab.gpt2 import GPT2BPEVocabulary
+from t5lite.data.vocab.seqio_vocab import GPT2BPEVocabulary
 
 C4_TFDS = "c4_span_corruption"
 C4_JSON = "c4_json_span_corruption"
@@ -207,8 +208,8 @@ def register_all(sources: Optional[Sources] = None,
   sources = sources or Sources()
   names = []
   for prefix in SOURCE_NAMES:
-    t5_vocabulary, bart_vocabulary = sources.vocabularies(prefix)
-    names += register_source_tasks(prefix, sources.source(prefix), t5_vocabulary,
+    t5_vocabulary, bart_vocabulary = seqio_sources.vocabularies(sources, prefix)
+    names += register_source_tasks(prefix, seqio_sources.source(sources, prefix), t5_vocabulary,
                                    bart_vocabulary, ul2_s_rate)
   for prefix, patterns in dict(json_sources).items():
     splits = dict(patterns) if isinstance(patterns, Mapping) else {"train": patterns}
@@ -217,8 +218,8 @@ def register_all(sources: Optional[Sources] = None,
                        f"prefix (not one of {SOURCE_NAMES}) and a file pattern or "
                        "{'train': pattern, 'validation': pattern}")
     source = json_source(splits["train"], splits.get("validation"))
-    names += register_source_tasks(prefix, source, sources.t5_vocabulary(),
-                                   sources.gpt2_vocabulary(), ul2_s_rate)
+    names += register_source_tasks(prefix, source, seqio_sources.t5_vocabulary(sources),
+                                   seqio_sources.gpt2_vocabulary(sources), ul2_s_rate)
   for name, tasks_and_rates in dict(mixtures).items():
     names.append(register_mixture(name, tasks_and_rates).name)
   for name, task_rates in dict(rates).items():

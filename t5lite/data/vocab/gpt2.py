@@ -1,4 +1,4 @@
-"""BART's vocabulary: GPT-2 byte-level BPE with fairseq's dictionary layout, as a seqio.Vocabulary.
+"""BART's vocabulary: GPT-2 byte-level BPE with fairseq's dictionary layout (no TensorFlow).
 
 Id layout (fairseq `Dictionary` + `--bpe gpt2`, as in HF `facebook/bart-*`):
 
@@ -22,7 +22,8 @@ text ("<mask>", "</s>") are *not* turned into special ids. No <s>/</s> is added 
 (seqio appends EOS itself). Note seqio's padding and `EncDecFeatureConverter` use id 0, which
 BART calls <s>; t5lite's BART objectives therefore never emit <s> (see objectives.py).
 
-The BPE itself runs in the `tokenizers` library (Rust); the TF ops wrap it in `tf.numpy_function`.
+The BPE itself runs in the `tokenizers` library (Rust), without TensorFlow; seqio's Vocabulary
+(what BART's seqio Tasks hold: TF ops through `tf.numpy_function`) wraps it in seqio_vocab.py.
 """
 from __future__ import annotations
 
@@ -33,8 +34,6 @@ import threading
 from typing import Iterable, Sequence
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 NUM_SPECIAL = 4
@@ -65,7 +64,7 @@ def _missing(bpe_dir: pathlib.Path) -> FileNotFoundError:
       "vocab.json + merges.txt (HF facebook/bart-base). Set gin `GPT2_BPE_DIR` or pass bpe_dir.")
 
 
-class GPT2BPEVocabulary(seqio.Vocabulary):
+class GPT2BPE:
   """GPT-2 byte-level BPE with BART/fairseq ids (see the module docstring for the layout)."""
 
   def __init__(self, bpe_dir: str | pathlib.Path, dict_path: str | pathlib.Path | None = None):
@@ -75,7 +74,6 @@ class GPT2BPEVocabulary(seqio.Vocabulary):
       bpe_dir: folder with `encoder.json` + `vocab.bpe` (GPT-2) or `vocab.json` + `merges.txt` (HF BART).
       dict_path: optional fairseq `dict.txt`; default `bpe_dir/dict.txt` when that file exists.
     """
-    super().__init__(extra_ids=0)
     self.bpe_dir = pathlib.Path(bpe_dir).expanduser()
     self._dict_path = None if dict_path is None else pathlib.Path(dict_path).expanduser()
     self._lock = threading.Lock()
@@ -142,7 +140,9 @@ class GPT2BPEVocabulary(seqio.Vocabulary):
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer, raw_to_id, id_to_piece
 
-  # -- seqio.Vocabulary ------------------------------------------------------------------------
+  # -- ids -------------------------------------------------------------------------------------
+  extra_ids = 0
+
   @property
   def bos_id(self) -> int:
     return BOS_ID
@@ -165,7 +165,7 @@ class GPT2BPEVocabulary(seqio.Vocabulary):
     return self._mask_id
 
   @property
-  def _base_vocab_size(self) -> int:
+  def vocab_size(self) -> int:
     return len(self._load()[2])
 
   def word_start_table(self) -> np.ndarray:
@@ -188,12 +188,20 @@ class GPT2BPEVocabulary(seqio.Vocabulary):
     tokenizer, raw_to_id, _ = self._load()
     return [raw_to_id[np.asarray(e.ids, dtype=np.int64)] for e in tokenizer.encode_batch(list(texts))]
 
-  def _encode(self, s: str) -> Sequence[int]:
+  def encode(self, s: str) -> list[int]:
     tokenizer, raw_to_id, _ = self._load()
     return raw_to_id[np.asarray(tokenizer.encode(s).ids, dtype=np.int64)].tolist()
 
-  def _decode(self, ids: Iterable[int]) -> str:
-    """Skips <s>/<pad>/</s>; writes <unk>, <mask> and madeupwords as their names."""
+  def decode(self, ids: Iterable[int]) -> str:
+    """The text up to the first EOS (seqio's Vocabulary.decode); skips <s>/<pad>/</s>; writes
+    <unk>, <mask> and madeupwords as their names."""
+    ids = [int(i) for i in ids]
+    if EOS_ID in ids:
+      ids = ids[:ids.index(EOS_ID) + 1]
+    return self.decode_pieces(ids)
+
+  def decode_pieces(self, ids: Iterable[int]) -> str:
+    """Every id's text (no EOS trimming)."""
     _, _, id_to_piece = self._load()
     table = _byte_decoder()
     out = bytearray()
@@ -210,47 +218,19 @@ class GPT2BPEVocabulary(seqio.Vocabulary):
         out += bytes(table[c] for c in piece)
     return out.decode("utf-8", errors="replace")
 
-  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-    """Scalar string -> int32[length]; 1-D strings -> RaggedTensor int32[batch, None]."""
-    s = tf.convert_to_tensor(s, dtype=tf.string)
-
-    def _np(texts):  # tf.numpy_function: ~2x less overhead per call than tf.py_function
-      texts = [t.decode("utf-8") for t in np.atleast_1d(texts)]
-      ids = self.encode_batch(texts) if len(texts) > 1 else [
-          np.asarray(self._encode(texts[0]))]
-      lengths = np.asarray([len(x) for x in ids], dtype=np.int64)
-      flat = np.concatenate(ids).astype(np.int32) if ids else np.zeros([0], np.int32)
-      return flat, lengths
-
-    flat, lengths = tf.numpy_function(_np, [s], [tf.int32, tf.int64], stateful=False)
-    flat.set_shape([None])
-    if s.shape.rank == 0:
-      return flat
-    lengths.set_shape([None])
-    return tf.RaggedTensor.from_row_lengths(flat, lengths)
-
-  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-    """int ids [..., length] -> strings [...]."""
-    ids = tf.convert_to_tensor(ids)
-
-    def _np(x):
-      flat = x.reshape([-1, x.shape[-1]]) if x.ndim else x.reshape([1, 1])
-      out = [self._decode(row).encode("utf-8") for row in flat]
-      return np.asarray(out, dtype=object).reshape(x.shape[:-1])
-
-    out = tf.numpy_function(_np, [ids], tf.string, stateful=False)
-    out.set_shape(ids.shape[:-1])
-    return out
-
   def __eq__(self, other) -> bool:
-    return (isinstance(other, GPT2BPEVocabulary) and self.bpe_dir == other.bpe_dir
+    return (isinstance(other, GPT2BPE) and self.bpe_dir == other.bpe_dir
             and self._dict_path == other._dict_path)
 
   def __hash__(self) -> int:
-    return hash((GPT2BPEVocabulary, str(self.bpe_dir), str(self._dict_path)))
+    return hash((GPT2BPE, str(self.bpe_dir), str(self._dict_path)))
 
   def __repr__(self) -> str:
-    return f"GPT2BPEVocabulary({str(self.bpe_dir)!r})"
+    return f"GPT2BPE({str(self.bpe_dir)!r})"
+
+  def describe(self) -> dict:
+    return {"type": "gpt2_bpe", "dir": str(self.bpe_dir),
+            "dict": None if self._dict_path is None else str(self._dict_path)}
 
   def __getstate__(self):
     state = dict(self.__dict__)

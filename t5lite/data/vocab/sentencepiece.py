@@ -1,28 +1,27 @@
-"""SentencePiece vocabularies: load one (local or gs://), or train one with T5's conventions."""
+"""SentencePiece vocabularies with T5's conventions, without TensorFlow: load one (local or gs://)
+with seqio's extra ids (sentinels), encode and decode exactly as seqio does, or train one.
+
+  vocab = load("/data/spiece.model")          # 32000 pieces + 100 extra ids: vocab_size 32100
+  vocab.encode("Hello") / vocab.decode(ids)   # seqio.SentencePieceVocabulary's ids and text
+
+seqio's own vocabulary class (what seqio Tasks hold) wraps this one: data/vocab/seqio_vocab.py.
+"""
 from __future__ import annotations
 
 import io
 import json
 import os
-from typing import Iterable, Iterator, Sequence
-
-import seqio
+import threading
+from typing import Iterable, Iterator, Optional, Sequence
 
 from t5lite import files
 
 T5_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+NUM_RESERVED = 3  # pad, eos, unk
 
 
-class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
-  """seqio's vocabulary, loaded lazily, with a clear FileNotFoundError naming a missing model."""
-
-  def _model_context(self):
-    if not self._model:
-      _check_readable(self.sentencepiece_model_file)
-    return super()._model_context()
-
-
-def _check_readable(path: str) -> None:
+def check_readable(path: str) -> None:
   """FileNotFoundError naming a SentencePiece model that is missing or cannot be reached."""
   try:
     found = files.exists(path)
@@ -33,14 +32,95 @@ def _check_readable(path: str) -> None:
     raise FileNotFoundError(f"SentencePiece model not found: {path}")
 
 
-def get_vocabulary(path: str = T5_VOCAB_PATH, extra_ids: int = 100) -> SentencePieceVocabulary:
-  """The SentencePiece model at `path` with `extra_ids` sentinels appended (T5: 32000 + 100)."""
+def with_extra_ids(model: bytes, extra_ids: int) -> bytes:
+  """The serialized model with seqio's extra ids appended: pieces "▁<extra_id_i>" for i from
+  extra_ids - 1 down to 0, user-defined, score 0 (so <extra_id_0> gets the highest id)."""
+  if not extra_ids:
+    return model
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
+  proto = sentencepiece_model_pb2.ModelProto.FromString(model)
+  for i in reversed(range(extra_ids)):
+    proto.pieces.add(piece=f"▁<extra_id_{i}>", score=0.0,
+                     type=sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED)
+  return proto.SerializeToString()
+
+
+class SentencePieceVocab:
+  """A SentencePiece model with `extra_ids` sentinels, loaded on first use; the ids and text of
+  seqio.SentencePieceVocabulary(path, extra_ids)."""
+
+  def __init__(self, path: str, extra_ids: int = 100):
+    self.path, self.extra_ids = os.fspath(path), int(extra_ids)
+    self._lock = threading.Lock()
+    self._loaded: Optional[tuple] = None  # (processor, serialized model)
+
+  def _load(self):
+    if self._loaded is None:
+      with self._lock:
+        if self._loaded is None:
+          import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+          check_readable(self.path)
+          model = with_extra_ids(files.read_bytes(self.path), self.extra_ids)
+          self._loaded = (spm.SentencePieceProcessor(model_proto=model), model)
+    return self._loaded
+
+  @property
+  def tokenizer(self):
+    """The sentencepiece processor (extra ids included)."""
+    return self._load()[0]
+
+  @property
+  def sp_model(self) -> bytes:
+    """The serialized model with its extra ids: what identifies the ids."""
+    return self._load()[1]
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tokenizer.GetPieceSize()
+
+  pad_id, eos_id, unk_id = PAD_ID, EOS_ID, UNK_ID
+
+  def encode(self, text: str) -> list[int]:
+    return self.tokenizer.EncodeAsIds(text)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text up to and including the first EOS (seqio's Vocabulary.decode)."""
+    ids = [int(i) for i in ids]
+    size = self.vocab_size
+    ids = [UNK_ID if i >= size else i for i in ids]
+    if EOS_ID in ids:
+      ids = ids[:ids.index(EOS_ID) + 1]
+    return self.tokenizer.DecodeIds(ids)
+
+  def describe(self) -> dict:
+    return {"type": "sentencepiece", "path": self.path, "extra_ids": self.extra_ids}
+
+  def __getstate__(self):
+    return {"path": self.path, "extra_ids": self.extra_ids}
+
+  def __setstate__(self, state):
+    self.__init__(state["path"], state["extra_ids"])
+
+  def __eq__(self, other) -> bool:
+    return (isinstance(other, SentencePieceVocab) and (self.path, self.extra_ids)
+            == (other.path, other.extra_ids))
+
+  def __hash__(self) -> int:
+    return hash((SentencePieceVocab, self.path, self.extra_ids))
+
+  def __repr__(self) -> str:
+    return f"SentencePieceVocab({self.path!r}, extra_ids={self.extra_ids})"
+
+
+def load(path: str = T5_VOCAB_PATH, extra_ids: int = 100) -> SentencePieceVocab:
+  """The SentencePiece model at `path` with `extra_ids` sentinels appended (T5: 32000 + 100);
+  FileNotFoundError naming it when it is missing or cannot be reached."""
   path = os.fspath(path)
-  _check_readable(path)
-  return SentencePieceVocabulary(path, extra_ids=extra_ids)
+  check_readable(path)
+  return SentencePieceVocab(path, extra_ids)
 
 
-def detokenize(vocabulary: seqio.Vocabulary, ids: Iterable[int]) -> str:
+def detokenize(vocabulary, ids: Iterable[int]) -> str:
   """The text of token ids up to the first EOS, seqio's padding (0) dropped; sentinels
   (<extra_id_N>) stay visible."""
   ids = [int(t) for t in ids]
