@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import gin
 
+from t5lite.extras import DATA_EXTRA, tf_data_available
 from t5lite.files import read_text
 
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
@@ -103,6 +104,10 @@ def upgrade(text: str, announce: bool = False) -> str:
   return _MOVED_RE.sub(moved, text)
 
 
+# Configurables declared by modules that need seqio and TensorFlow (the `data` extra).
+_DATA_EXTRA_NAMES = ("'register_all", "'register_mixture", "'register_user_task", "'doremi")
+
+
 @contextlib.contextmanager
 def _naming(source: str):
   """Turns gin's parse errors into a ValueError that starts with their source."""
@@ -114,6 +119,10 @@ def _naming(source: str):
     if "No configurable matching" in message and "Sources" in message:  # a library caller
       message += (" (import the modules that declare t5lite's configurables first: "
                   "t5lite.cli.common.register_configurables())")
+    if "No configurable matching" in message and any(n in message for n in _DATA_EXTRA_NAMES):
+      if not tf_data_available():
+        message += (f" (it is declared by seqio's task modules: install the `data` extra, "
+                    f"{DATA_EXTRA}; a run from a built token cache does not need them)")
     if isinstance(e, SyntaxError) and e.lineno and "line" not in message:
       message += f" (line {e.lineno})"
     raise ValueError(f"{source}: {message}") from e

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from t5lite import errors
+from t5lite import errors, extras
 from t5lite.runtime import backend
 from t5lite.cli import common
 
@@ -43,9 +43,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           file=sys.stderr)
     return 2
   module, function, _ = COMMANDS[command]
-  with common.native_stderr_silenced():
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  _quiet_tensorflow()
   return getattr(importlib.import_module(f"t5lite.cli.{module}"), function)(rest)
+
+
+def _quiet_tensorflow() -> None:
+  """Imports TensorFlow (where installed) with its native start-up logs silenced, and hides the
+  accelerators from it: tf.data runs on the host, and TF must not take memory JAX will use."""
+  if not extras.installed("tensorflow"):
+    return
+  with common.native_stderr_silenced():
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TF's devices were initialised already (an embedding caller's)
+    pass
 
 
 def run() -> None:

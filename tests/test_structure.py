@@ -10,7 +10,7 @@ PACKAGE = REPO / "t5lite"
 # component (a tuple of packages); components of one layer may not import each other. Inside
 # data/ the subpackages are layers of their own, in this order.
 LAYERS = (
-    (("t5lite.errors", "t5lite.files", "t5lite.gin_files"),),  # io
+    (("t5lite.errors", "t5lite.extras", "t5lite.files", "t5lite.gin_files"),),  # io
     (("t5lite.runtime",),),
     (("t5lite.model",), ("t5lite.data.vocab",)),
     (("t5lite.data.sources",), ("t5lite.data.objectives",)),

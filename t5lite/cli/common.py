@@ -59,15 +59,17 @@ def search_paths(args: argparse.Namespace) -> list[str]:
 def register_configurables() -> None:
   """Imports every module that declares a gin configurable (before any gin parse)."""
   # pylint: disable=g-import-not-at-top,unused-import
+  from t5lite.extras import tf_data_available
   from t5lite.data.feed import streams
   from t5lite.data.sources import sources
-  from t5lite.data.tasks import finetune, registry
   from t5lite.corpus import c4_rules
-  from t5lite.datamix import doremi_run
   from t5lite.model import config
   from t5lite.runtime import devices, partitioning
   from t5lite.store import checkpoints, run_lock
   from t5lite.training import optim, settings, train
+  if tf_data_available():  # seqio's tasks and DoReMi (the `data` extra)
+    from t5lite.data.tasks import finetune, registry
+    from t5lite.datamix import doremi_run
 
 
 def parse_gin(args: argparse.Namespace) -> None:

@@ -181,17 +181,36 @@ def infer(run: Run, examples: Iterable[dict], max_decode_length: int = 128,
 # ----------------------------------------------------------------------------- held-out examples
 
 
+def _held_out(name: str, task_feature_lengths: Mapping[str, int], num_examples: int,
+              split: str) -> tuple[Any, dict]:
+  """(vocabulary, one batch of `num_examples` unpacked examples of `split`): seqio's tf.data
+  pipeline where seqio is installed, else the token cache (its manifest names the vocabulary)."""
+  # pylint: disable=g-import-not-at-top
+  from t5lite.extras import tf_data_available
+  if tf_data_available():
+    from t5lite.data.tasks.registry import get_task_or_mixture
+    from t5lite.data.feed import tfdata as pipeline
+    vocab = get_task_or_mixture(name).output_features["targets"].vocabulary
+    ds = pipeline.get_dataset(name, task_feature_lengths, num_examples, split=split,
+                              shuffle=False, seed=0, pack=False)
+    return vocab, next(ds.as_numpy_iterator())
+  from t5lite.extras import require_tf_data
+  from t5lite.data.feed import indexed, streams
+  from t5lite.data.sources.sources import Sources
+  if not Sources().cache_dir:
+    require_tf_data(f"reading task {name!r} without a token cache (Sources.cache_dir)")
+  directory = streams.cache_dir(Sources())
+  tasks = indexed.stream_tasks(name, split, directory)
+  stream = indexed.IndexedStream(name, task_feature_lengths, num_examples, directory,
+                                 split=split, shuffle=False, tasks=tasks)
+  return tasks[0].vocabulary, stream.batch(0)
+
+
 def show_predictions(model, params: Any, name: str, task_feature_lengths: Mapping[str, int],
                      num_examples: int = 3, split: str = "validation") -> list[dict]:
   """Greedy-decodes the first `num_examples` unpacked examples of `split`; prints and returns them
   (corrupted input, true target, prediction; sentinels stay visible)."""
-  from t5lite.data.tasks.registry import get_task_or_mixture  # pylint: disable=g-import-not-at-top
-  from t5lite.data.feed import tfdata as pipeline  # pylint: disable=g-import-not-at-top
-  task = get_task_or_mixture(name)
-  vocab = task.output_features["targets"].vocabulary
-  ds = pipeline.get_dataset(name, task_feature_lengths, num_examples, split=split,
-                            shuffle=False, seed=0, pack=False)
-  batch = next(ds.as_numpy_iterator())
+  vocab, batch = _held_out(name, task_feature_lengths, num_examples, split)
   params = jax.device_get(params)
   tokens = np.asarray(jax.device_get(decoding.greedy_decode(
       model, params, batch["encoder_input_tokens"], task_feature_lengths["targets"])))

@@ -41,8 +41,8 @@ def run_vocabulary(run_dir: RunDir, override: Optional[str] = None):
     return vocabulary_from(path)
   name = task_name()
   if name:
-    from t5lite.data.tasks.registry import get_task_or_mixture  # pylint: disable=g-import-not-at-top
-    return get_task_or_mixture(name).output_features["targets"].vocabulary
+    from t5lite.data.feed import streams  # pylint: disable=g-import-not-at-top
+    return streams.prepare(name, None)[1]  # seqio's task, or the token cache's manifest
   raise ValueError(f"{run_dir.path}: no vocabulary found (no {SPIECE}, no vocab.json, no "
                    "DataConfig.mixture_or_task_name in its gin); pass --vocabulary PATH")
 

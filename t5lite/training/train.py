@@ -15,7 +15,6 @@ import jax
 from jax.experimental import multihost_utils
 
 from t5lite.data.feed import streams
-from t5lite.data.tasks import registry as tasks
 from t5lite.model import losses
 from t5lite.model.config import Config, flops_per_example
 from t5lite.model.network import EncoderDecoder
@@ -55,10 +54,7 @@ def train(model_dir: str = gin.REQUIRED,
   step, loop = step or StepConfig(), loop or LoopConfig()
   validation = validation or EvalConfig()
   name, lengths = data.mixture_or_task_name, data.lengths
-  tasks.register_all()  # with the Sources gin binds now
-  task = tasks.get_task_or_mixture(name)
-  tasks.check_lengths(name, lengths)  # the objective's targets must fit
-  vocab = task.output_features["targets"].vocabulary
+  task, vocab = streams.prepare(name, lengths)  # the objective's targets must fit
   if vocab.vocab_size > config.vocab_size:
     raise ValueError(f"{name!r}'s vocabulary has {vocab.vocab_size} ids but Config.vocab_size is "
                      f"{config.vocab_size}; bind Config.vocab_size >= {vocab.vocab_size}")

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from t5lite import files
 from t5lite.data.cache import format as cache_lib
-from t5lite.data.cache import keys
+from t5lite.data.cache import keys, manifest
 from t5lite.data.sources import json_lines
 from t5lite.data.sources.json_lines import JsonLinesDataSource
 from t5lite.data.tasks import registry as tasks
@@ -269,12 +269,17 @@ def build(name: str, output: str, splits: Optional[Sequence[str]] = None, worker
     raise ValueError(f"block_tokens must be positive, got {block_tokens}")
   results = {}
   for split in splits or DEFAULT_SPLITS:
+    built = {}
     for task, _ in tasks.leaf_tasks(name):
       if splits is None and not _has_split(task.source, split):
         continue
       key = keys.cache_key(task, split)
       if key.name not in results:
         results[key.name] = build_split(task, split, output, workers, shard, block_tokens, echo)
+      built[key.name] = results[key.name]
+    if built and all(m is not None for m in built.values()):  # every cache of the split is done
+      written = manifest.write(output, name, split, keys.cached_tasks(name, split))
+      echo(f"t5lite cache: wrote {written}")
   if not results:
     raise ValueError(f"{name!r}: its sources have none of the splits {list(DEFAULT_SPLITS)}")
   return results

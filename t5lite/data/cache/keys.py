@@ -3,33 +3,14 @@ dataset), its vocabulary's fingerprint and the steps before its objective (data/
 TaskSpec). Caches keyed alike hold the same tokens, whatever the objective and lengths."""
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import seqio
 
 from t5lite.data.cache.format import FEATURE, CacheKey
-from t5lite.data.cache.manifest import CachedTask
+from t5lite.data.cache.manifest import CachedTask, vocabulary_fingerprint
 from t5lite.data.sources.json_lines import JsonLinesDataSource
 from t5lite.data.tasks import registry as tasks
-
-
-def vocabulary_fingerprint(vocabulary: seqio.Vocabulary) -> dict[str, Any]:
-  """What identifies a vocabulary's ids: the SentencePiece model's bytes, or GPT-2 BPE's files."""
-  digest = hashlib.sha256()
-  if hasattr(vocabulary, "sp_model"):  # seqio's SentencePieceVocabulary or SentencePieceVocab
-    kind = "sentencepiece"
-    digest.update(vocabulary.sp_model)  # serialized model, extra ids included
-  elif hasattr(vocabulary, "bpe_dir"):  # GPT2BPE, or its seqio adapter
-    kind = "gpt2_bpe"
-    vocabulary.vocab_size  # pylint: disable=pointless-statement  # loads it: missing files raise
-    for name in ["encoder.json", "vocab.bpe", "vocab.json", "merges.txt", "dict.txt"]:
-      if (vocabulary.bpe_dir / name).exists():
-        digest.update(name.encode() + b"\0" + (vocabulary.bpe_dir / name).read_bytes())
-  else:
-    raise ValueError(f"cannot fingerprint vocabulary {vocabulary!r}: the cache supports "
-                     "SentencePiece and GPT-2 BPE vocabularies")
-  return {"type": kind, "size": int(vocabulary.vocab_size), "sha256": digest.hexdigest()}
 
 
 def describe_source(source: seqio.DataSource, split: str) -> dict[str, Any]:

@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequenc
 
 import numpy as np
 
+from t5lite.extras import tf_data_available
+from t5lite.data.cache import manifest
 from t5lite.data.cache.manifest import CachedTask
 from t5lite.data.cache.reader import ReadError, TokenCache, open_cache
 from t5lite.data.feed.features import FEATURES, TASK_IDS
@@ -104,13 +106,22 @@ class _Task:
     return self.cumulative[-1]
 
 
+def stream_tasks(name: str, split: str, data_cache_dir: str) -> list[CachedTask]:
+  """The CachedTasks of task or mixture `name`: from the registered seqio tasks where seqio is
+  installed, else from the manifest `t5lite cache` wrote beside the caches."""
+  if not tf_data_available():
+    return manifest.read(data_cache_dir, name, split)
+  from t5lite.data.cache import keys  # pylint: disable=g-import-not-at-top  (seqio, TensorFlow)
+  return keys.cached_tasks(name, split)
+
+
 class IndexedStream:
   """This process's rows of each global batch of task or mixture `name`, from its token caches.
 
   batch_size is global; process p of process_count gets rows [p*B/P, (p+1)*B/P) of each batch.
   num_epochs (single tasks only) ends the stream after that many passes (the last batch is
   padded with empty rows); None repeats forever. shuffle=False reads examples in cache order.
-  tasks: the CachedTasks of `name` (default: from the registered seqio tasks, cache/keys.py);
+  tasks: the CachedTasks of `name` (default: stream_tasks);
   objective_factory(task, lengths) / rng_fn default to the task's NumPy objective / example_rng.
   task_ids adds the feature `decoder_task_ids` (the module docstring); off, batches keep the
   FEATURES of seqio's feature converter.
@@ -140,8 +151,7 @@ class IndexedStream:
     self._warned: set[str] = set()
     self._warn_lock = threading.Lock()
     if tasks is None:
-      from t5lite.data.cache import keys  # pylint: disable=g-import-not-at-top  (seqio, TensorFlow)
-      tasks = keys.cached_tasks(name, split)
+      tasks = stream_tasks(name, split, data_cache_dir)
     caches: dict[str, TokenCache] = {}  # tasks on one source share one reader
     self.tasks, rates = [], []
     for task in tasks:

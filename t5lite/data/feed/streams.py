@@ -17,9 +17,8 @@ from typing import Any, Iterator, Mapping, Optional
 import gin
 import numpy as np
 
-from t5lite.data.sources import json_lines
+from t5lite.extras import require_tf_data, tf_data_available
 from t5lite.data.sources import sources as sources_lib
-from t5lite.data.sources.json_lines import JsonLinesDataSource
 
 CACHE_STATE = "t5lite.indexed/1"
 
@@ -32,12 +31,34 @@ def loader(num_threads: int = 2, worker_processes: int = 0) -> dict:
   return {"num_threads": num_threads, "worker_processes": worker_processes}
 
 
+def prepare(name: str, lengths: Optional[Mapping[str, int]],
+            sources: Optional[sources_lib.Sources] = None) -> tuple[Any, Any]:
+  """(seqio task or mixture, vocabulary) of `name` for a run at these lengths, after checking
+  that its objectives' targets fit (lengths None: no check). Without seqio (no `data` extra) the
+  task is None and the vocabulary comes from the token cache's manifest (Sources.cache_dir)."""
+  sources = sources or sources_lib.Sources()
+  if tf_data_available():
+    from t5lite.data.tasks import registry as tasks  # pylint: disable=g-import-not-at-top
+    tasks.register_all()  # with the Sources gin binds now
+    task = tasks.get_task_or_mixture(name)
+    if lengths is not None:
+      tasks.check_lengths(name, lengths)
+    return task, task.output_features["targets"].vocabulary
+  if not sources.cache_dir:
+    require_tf_data(f"reading task {name!r} without a token cache (Sources.cache_dir)")
+  from t5lite.data.feed import indexed  # pylint: disable=g-import-not-at-top
+  cached = indexed.stream_tasks(name, "train", cache_dir(sources))
+  for task in cached if lengths is not None else ():
+    task.numpy(lengths)  # a ValueError naming the task if its targets do not fit
+  return None, cached[0].vocabulary
+
+
 def ensure_cache(name: str, sources: Optional[sources_lib.Sources] = None) -> None:
   """Builds the missing token caches of `name` (its sources' train and validation splits) when
   Sources.build_missing_cache says so; one process of a multi-process run calls it, the others
   wait for it. A finished cache is not touched."""
   sources = sources or sources_lib.Sources()
-  if sources.cache_dir and sources.build_missing_cache:
+  if sources.cache_dir and sources.build_missing_cache and tf_data_available():
     from t5lite.data.cache import build as cache_build  # pylint: disable=g-import-not-at-top
     cache_build.build(name, cache_dir(sources), echo=lambda s: None)
 
@@ -45,6 +66,14 @@ def ensure_cache(name: str, sources: Optional[sources_lib.Sources] = None) -> No
 def cache_dir(sources: sources_lib.Sources) -> str:
   """Sources.cache_dir with ~ and environment variables expanded."""
   return os.path.expanduser(os.path.expandvars(sources.cache_dir))
+
+
+def _skipped_records() -> int:
+  """Records the tf.data path skipped for bad JSON so far (the cache's were skipped when built)."""
+  if not tf_data_available():
+    return 0
+  from t5lite.data.sources import json_lines  # pylint: disable=g-import-not-at-top  (seqio)
+  return sum(json_lines.skipped_records.values())
 
 
 class TrainStream(Iterator[dict]):
@@ -56,7 +85,7 @@ class TrainStream(Iterator[dict]):
                process_count: int, sources: Optional[sources_lib.Sources] = None):
     self.sources = sources or sources_lib.Sources()
     self.cached = bool(self.sources.cache_dir)
-    self._skipped_at_start = sum(json_lines.skipped_records.values())
+    self._skipped_at_start = _skipped_records()
     if self.cached:
       from t5lite.data.feed import indexed  # pylint: disable=g-import-not-at-top
       stream = indexed.IndexedStream(
@@ -68,6 +97,7 @@ class TrainStream(Iterator[dict]):
         self._it = stream.iterator(start_batch, **loader())
       self._first = self._it.next_batch
     else:
+      require_tf_data(f"reading task {name!r} without a token cache (Sources.cache_dir)")
       import seqio  # pylint: disable=g-import-not-at-top
       from t5lite.data.feed import tfdata as pipeline  # pylint: disable=g-import-not-at-top
       if start_batch and process_index == 0:
@@ -92,7 +122,10 @@ class TrainStream(Iterator[dict]):
     return batch
 
   def _empty_message(self) -> str:
-    from t5lite.data.tasks import registry as tasks  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top  (the tf.data path: seqio is installed)
+    from t5lite.data.sources import json_lines
+    from t5lite.data.sources.json_lines import JsonLinesDataSource
+    from t5lite.data.tasks import registry as tasks
     where = sorted({repr(t.source.split_patterns("train")
                          if isinstance(t.source, JsonLinesDataSource) else t.source)
                     for t, _ in tasks.leaf_tasks(self.name)})
@@ -108,8 +141,7 @@ class TrainStream(Iterator[dict]):
 
   def counters(self) -> dict[str, float]:
     """Data metrics to log: records skipped for bad data, and the cache's counters."""
-    out = {"data_skipped_records": float(sum(json_lines.skipped_records.values())
-                                         - self._skipped_at_start)}
+    out = {"data_skipped_records": float(_skipped_records() - self._skipped_at_start)}
     if self.cached:
       out.update({f"data_{k}": float(v) for k, v in self._it.counters().items()})
     return out
@@ -134,6 +166,7 @@ def validation_batches(name: str, lengths: Mapping[str, int], batch_size: int, n
     for b in range(num_batches):
       yield stream.batch(b)
     return
+  require_tf_data(f"reading task {name!r} without a token cache (Sources.cache_dir)")
   import seqio  # pylint: disable=g-import-not-at-top
   from t5lite.data.feed import tfdata as pipeline  # pylint: disable=g-import-not-at-top
   shard = (seqio.ShardInfo(index=process_index, num_shards=process_count)

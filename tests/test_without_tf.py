@@ -1,0 +1,144 @@
+"""The TensorFlow-free core: a token cache's manifest holds what its feed needs, and a Python that
+cannot import TensorFlow or seqio (tests/without_tf.py) trains, evaluates and decodes from it."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from t5lite.data.cache import build as cache_build
+from t5lite.data.cache import keys, manifest
+from t5lite.data.feed import indexed
+from t5lite.data.sources.sources import Sources
+from t5lite.data.tasks import registry as tasks
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+WITHOUT_TF = str(REPO / "tests" / "without_tf.py")
+LENGTHS = {"inputs": 64, "targets": 16}
+CLEAN_LENGTHS = {"inputs": 64, "targets": 64}
+
+# The modules of the core: none may import TensorFlow or seqio, even lazily on these paths.
+CORE = ["t5lite.main", "t5lite.cli.common", "t5lite.cli.train", "t5lite.training.train",
+        "t5lite.training.planner", "t5lite.serving.inference", "t5lite.serving.evaluation",
+        "t5lite.store.checkpoints", "t5lite.store.tensorboard", "t5lite.data.feed.streams",
+        "t5lite.data.feed.indexed", "t5lite.data.cache.reader", "t5lite.data.cache.manifest",
+        "t5lite.data.vocab.sentencepiece", "t5lite.data.vocab.gpt2",
+        "t5lite.data.objectives.registry", "t5lite.data.sources.sources"]
+
+
+@pytest.fixture(scope="module")
+def cache(c4_sample, t5_vocab_path, gpt2_bpe_dir, tmp_path_factory):
+  """Caches (train and validation) of C4 span corruption, the UL2 mixture and BART denoising
+  on the real C4 sample, built by the registered seqio tasks; their folder."""
+  tasks.register_all(Sources(vocabulary_path=str(t5_vocab_path), c4_json_files=str(c4_sample),
+                             c4_json_validation_files=str(c4_sample),
+                             gpt2_bpe_dir=str(gpt2_bpe_dir)))
+  root = str(tmp_path_factory.mktemp("tokens"))
+  for name in ("c4_json_span_corruption", "c4_json_ul2", "c4_json_bart_denoising"):
+    cache_build.build(name, root, echo=lambda s: None)
+  yield root
+  tasks.register_all()
+
+
+@pytest.mark.parametrize("name", ["c4_json_span_corruption", "c4_json_ul2",
+                                  "c4_json_bart_denoising"])
+def test_manifest_is_the_registered_tasks(cache, name):
+  """What the manifest rebuilds (objectives with every parameter, rates, vocabularies from the
+  copied files, keys) is what the seqio registry derives, and feeds the same batches."""
+  lengths = LENGTHS if name.endswith("span_corruption") else CLEAN_LENGTHS
+  for split in ("train", "validation"):
+    registered, written = keys.cached_tasks(name, split), manifest.read(cache, name, split)
+    assert [(t.name, t.rate, t.objective, t.key) for t in written] == [
+        (t.name, t.rate, t.objective, t.key) for t in registered]
+    assert len(written) == (7 if name.endswith("ul2") else 1)
+    for old, new in zip(registered, written):
+      assert manifest.vocabulary_fingerprint(new.vocabulary) == old.key.vocabulary
+      assert new.vocabulary.eos_id == old.vocabulary.eos_id
+      assert new.vocabulary.extra_ids == old.vocabulary.extra_ids
+      assert os.path.dirname(new.vocabulary.path if hasattr(new.vocabulary, "path")
+                             else str(new.vocabulary.bpe_dir)).startswith(cache)
+    streams = [indexed.IndexedStream(name, lengths, 8, cache, split=split, seed=3, tasks=t)
+               for t in (registered, written)]
+    for b in (0, 5):
+      one, two = (s.batch(b) for s in streams)
+      assert one.keys() == two.keys()
+      for k in one:
+        np.testing.assert_array_equal(one[k], two[k], err_msg=f"{name} {split} batch {b} {k}")
+
+
+def test_missing_manifest_names_the_command(cache, tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"t5lite cache c4_json_prefix_lm --output"):
+    manifest.read(cache, "c4_json_prefix_lm", "train")
+  broken = tmp_path / "m"
+  path = manifest.path(cache, "c4_json_span_corruption", "train")
+  data = json.loads(pathlib.Path(path).read_text())
+  data["tasks"][0]["key"]["vocabulary"]["sha256"] = "0" * 64
+  target = manifest.path(str(broken), "c4_json_span_corruption", "train")
+  os.makedirs(os.path.dirname(target))
+  os.symlink(os.path.join(os.path.dirname(path), "vocabularies"),
+             os.path.join(os.path.dirname(target), "vocabularies"))
+  pathlib.Path(target).write_text(json.dumps(data))
+  with pytest.raises(ValueError, match="not the one its cache was built with"):
+    manifest.read(str(broken), "c4_json_span_corruption", "train")
+
+
+def _without_tf(args, tmp_path, timeout=600):
+  env = {k: v for k, v in os.environ.items() if not k.startswith("T5LITE_") or k == "T5LITE_TRACEBACK"}
+  env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, WITHOUT_TF, *args], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_core_modules_import_without_tensorflow(tmp_path):
+  code = ("import importlib, sys\n"
+          f"for m in {CORE!r}: importlib.import_module(m)\n"
+          "bad = [m for m in sys.modules if m.split('.')[0] in "
+          "('tensorflow', 'seqio', 'tensorflow_datasets', 'tensorflow_text')]\n"
+          "assert not bad, bad\n"
+          "from t5lite.extras import tf_data_available\n"
+          "assert not tf_data_available()\n"
+          "print('core ok')\n")
+  script = tmp_path / "core.py"
+  script.write_text(code)
+  result = _without_tf([str(script)], tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "core ok" in result.stdout
+
+
+def test_train_eval_and_predict_from_a_cache_without_tensorflow(cache, tmp_path):
+  """`t5lite train` from the cache alone: steps, a checkpoint, eval loss, decoded predictions;
+  then resumes; a run with no cache names the missing extra."""
+  model_dir = tmp_path / "run"
+  bindings = {"MODEL_DIR": f"'{model_dir}'", "DATA_CACHE_DIR": f"'{cache}'",
+              "MIXTURE_OR_TASK_NAME": "'c4_json_span_corruption'",
+              "TASK_FEATURE_LENGTHS": str(LENGTHS), "BATCH_SIZE": "8", "TRAIN_STEPS": "4",
+              "Config.dtype": "'float32'", "EvalConfig.period": "4", "EvalConfig.steps": "2",
+              "EvalConfig.predict_examples": "2", "LoopConfig.log_period": "2",
+              "Checkpointer.save_period": "4"}
+
+  def train(**changes):
+    flags = [f"--gin.{k}={v}" for k, v in {**bindings, **changes}.items() if v is not None]
+    return _without_tf(["-m", "t5lite", "train", "--gin_file=models/t5_1_1/tiny.gin",
+                        "--gin_file=runs/pretrain.gin", *flags], tmp_path)
+
+  result = train()
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  metrics = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+  evals = [m for m in metrics if m.get("split") == "eval"]
+  assert [m["step"] for m in evals] == [4] and np.isfinite(evals[0]["loss"]), metrics
+  assert result.stdout.count("held-out example") == 2, result.stdout[-2000:]
+  assert "prediction:" in result.stdout
+
+  again = train(TRAIN_STEPS="6")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resumed from" in again.stdout + again.stderr
+  steps = [json.loads(line)["step"] for line in (model_dir / "metrics.jsonl").read_text()
+           .splitlines() if json.loads(line).get("split") == "train"]
+  assert max(steps) == 6
+
+  no_cache = train(DATA_CACHE_DIR=None, MODEL_DIR=f"'{tmp_path / 'other'}'")
+  assert no_cache.returncode == 2, no_cache.stderr[-3000:]
+  assert "t5lite[data]" in no_cache.stderr and "without a token cache" in no_cache.stderr
