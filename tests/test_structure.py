@@ -243,3 +243,15 @@ def imports_of(node) -> set[str]:
     if isinstance(n, ast.ImportFrom) and n.module:
       found.update(f"{n.module}.{a.name}" for a in n.names)
   return found
+
+
+def test_pyproject_installs_every_package():
+  """A non-editable install (a wheel, a TPU VM's `pip install .`) holds exactly these packages:
+  every t5lite package and gin_configs/ folder must be listed."""
+  import tomllib  # pylint: disable=g-import-not-at-top
+  listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+               ["packages"])
+  packages = {".".join(p.parent.relative_to(REPO).parts) for p in PACKAGE.rglob("__init__.py")}
+  gin = {"t5lite." + ".".join(d.relative_to(REPO).parts)
+         for d in [REPO / "gin_configs", *(REPO / "gin_configs").rglob("*")] if d.is_dir()}
+  assert listed == packages | gin, (sorted((packages | gin) - listed), sorted(listed - packages - gin))
