@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[cpu,data]'
+	$(PIP) install -q -e '.[cpu,data,viz]'
 	touch $@
 
 # Test-only peers: HF transformers on the local CPU build of torch (pinned: a range would pull a
@@ -21,7 +21,7 @@ setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[cpu,data,hf,metrics,dev,plan,corpus]'
+	$(PIP) install -q -e '.[cpu,data,viz,hf,metrics,dev,plan,corpus]'
 	$(PIP) install -q --no-deps t5==0.9.4 babel
 	touch $@
 
@@ -39,7 +39,7 @@ BADWORDS ?= $(or $(T5LITE_CACHE),$(HOME)/.cache/t5lite)/badwords/en
 setup-corpus: $(VENV)/.installed-corpus
 
 $(VENV)/.installed-corpus: $(VENV)/.installed
-	$(PIP) install -q -e '.[cpu,data,corpus]'
+	$(PIP) install -q -e '.[cpu,data,viz,corpus]'
 	touch $@
 
 corpus-demo: setup-corpus

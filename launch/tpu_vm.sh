@@ -22,7 +22,7 @@ Usage: launch/tpu_vm.sh SUBCOMMAND [OPTIONS] [-- T5LITE_ARGS...]
 Subcommands:
   create   create the TPU VM (gcloud compute tpus tpu-vm create)
   setup    copy this checkout to every worker, unpack into ~/t5lite and
-           pip install -e '.[tpu]' into ~/t5lite/.venv
+           pip install -e '.[tpu,data,viz]' into ~/t5lite/.venv
   train    run `t5lite train ARGS` (ARGS = everything after `--`, passed
            byte-exact) on every worker, detached; logs to
            ~/t5lite/logs/train-<timestamp>.log on each worker
@@ -203,7 +203,7 @@ case "$cmd" in
     remote+=" command -v \$py >/dev/null || { sudo apt-get -qq update && sudo DEBIAN_FRONTEND=noninteractive apt-get -qq install -y python3.11 python3.11-venv; }; fi"
     remote+=" && if [ ! -x .venv/bin/python ]; then \$py -m venv .venv || { sudo apt-get -qq update"
     remote+=" && sudo DEBIAN_FRONTEND=noninteractive apt-get -qq install -y \"\$(basename \$py)-venv\" && \$py -m venv .venv; }; fi"
-    remote+=" && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[tpu]'"
+    remote+=" && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[tpu,data,viz]'"
     remote+=" && echo \"\$(hostname): t5lite installed in $REMOTE_DIR\""
     ssh_all all "$remote"
     ;;

@@ -28,7 +28,7 @@ import shutil
 import threading
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
-REMOTE_EXTRA = "pip install tensorflow (or t5lite's default install)"
+REMOTE_EXTRA = "the `data` extra: pip install 't5lite[data]'"
 
 
 def is_remote(path: str | os.PathLike) -> bool:

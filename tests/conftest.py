@@ -7,7 +7,13 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import importlib.util
 import pathlib
+
+# A CUDA build of torch (the only torch 2.13 for Python 3.12) segfaults loading triton in
+# torch._dynamo when TensorFlow was imported first; torch first, then TF, works.
+if importlib.util.find_spec("torch") and importlib.util.find_spec("triton"):
+  import torch._dynamo  # pylint: disable=unused-import
 
 import jax
 import pytest

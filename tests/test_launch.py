@@ -232,7 +232,7 @@ def test_setup_copies_the_checkout_and_installs(cloud):
     assert not (code / "stale.py").exists()
     assert (code / ".venv" / "bin" / "t5lite").exists()  # the venv is kept
     assert not (cloud.home / "t5lite.tar.gz").exists()
-    assert ["pip", "install", "-q", "-e", ".[tpu]"] in cloud.worker_calls()
+    assert ["pip", "install", "-q", "-e", ".[tpu,data,viz]"] in cloud.worker_calls()
 
 
 def test_missing_zone_is_a_clear_error(cloud):

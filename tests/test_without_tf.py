@@ -1,5 +1,5 @@
 """The TensorFlow-free core: a token cache's manifest holds what its feed needs, and a Python that
-cannot import TensorFlow or seqio (tests/without_tf.py) trains, evaluates and decodes from it."""
+cannot import TensorFlow or seqio (tests/without_tf/sitecustomize.py) trains, evaluates and decodes from it."""
 import json
 import os
 import pathlib
@@ -16,7 +16,7 @@ from t5lite.data.sources.sources import Sources
 from t5lite.data.tasks import registry as tasks
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-WITHOUT_TF = str(REPO / "tests" / "without_tf.py")
+WITHOUT_TF = str(REPO / "tests" / "without_tf")  # its sitecustomize.py hides TF and seqio
 LENGTHS = {"inputs": 64, "targets": 16}
 CLEAN_LENGTHS = {"inputs": 64, "targets": 64}
 
@@ -89,8 +89,8 @@ def test_missing_manifest_names_the_command(cache, tmp_path):
 
 def _without_tf(args, tmp_path, timeout=600):
   env = {k: v for k, v in os.environ.items() if not k.startswith("T5LITE_") or k == "T5LITE_TRACEBACK"}
-  env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, WITHOUT_TF, *args], cwd=tmp_path, env=env,
+  env.update(PYTHONPATH=os.pathsep.join([WITHOUT_TF, str(REPO)]), JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -151,3 +151,28 @@ def test_train_eval_and_predict_from_a_cache_without_tensorflow(cache, tmp_path)
   no_cache = train(DATA_CACHE_DIR=None, MODEL_DIR=f"'{tmp_path / 'other'}'")
   assert no_cache.returncode == 2, no_cache.stderr[-3000:]
   assert "t5lite[data]" in no_cache.stderr and "without a token cache" in no_cache.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_section_without_tensorflow(tmp_path):
+  """benchmarks/gpu_check.py --smoke on CPU in a Python without TensorFlow and seqio: every
+  section wrote its entry (JSON and Markdown), and the float32 trajectory equals the stored one."""
+  out = tmp_path / "check"
+  result = _without_tf([str(REPO / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)],
+                       tmp_path, timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  report = json.loads((out / "gpu_check.json").read_text())
+  sections = report["sections"]
+  assert list(sections) == ["env", "correctness", "throughput", "attention", "decoding",
+                            "switch"], sections.keys()
+  for name, section in sections.items():
+    if name == "switch" and section["status"] == "skipped":
+      assert section["reason"], section  # skipped, saying why
+      continue
+    assert section["status"] == "ok", (name, section)
+  assert sections["correctness"]["summary"]["float32_max_rel_diff"] <= 1e-3
+  frameworks = {row["framework"] for row in sections["throughput"]["rows"]}
+  assert frameworks == {"t5lite (JAX)", "HF transformers (PyTorch eager, autocast)"}
+  assert all(row["max diff / max (grads)"] < 0.05 for row in sections["attention"]["rows"])
+  markdown = (out / "gpu_check.md").read_text()
+  assert all(f"## {name}: " in markdown for name in sections)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import tqdm
 
-from t5lite import files
+from t5lite import extras, files
 from t5lite.store.run_dir import RunDir
 from t5lite.store.tensorboard import EventWriter
 
@@ -78,7 +78,12 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def write_loss_curve(metrics_path: str, png_path: str) -> bool:
-  """Plots train (and eval) loss against step from metrics.jsonl; False if there is none."""
+  """Plots train (and eval) loss against step from metrics.jsonl; False if there is none, or
+  matplotlib (the `viz` extra) is not installed (said once)."""
+  if not extras.installed("matplotlib"):
+    print(f"t5lite: {os.path.basename(png_path)} not drawn: matplotlib is not installed "
+          "(pip install 't5lite[viz]'); metrics.jsonl and tb/ hold the same curves", flush=True)
+    return False
   records = read_metrics(metrics_path)
   curves = {}
   for r in records:

@@ -1,12 +1,12 @@
-"""Runs a module or script in a Python where TensorFlow and seqio cannot be imported (as on a
-machine without the `data` extra):
+"""A Python where TensorFlow and seqio cannot be imported, as on a machine without the `data`
+extra: with this folder first on PYTHONPATH, every interpreter (spawned children included) runs
+this at start-up.
 
-  python tests/without_tf.py -m t5lite train --gin_file=...
-  python tests/without_tf.py benchmarks/gpu_check.py --smoke --out DIR
+  PYTHONPATH=tests/without_tf:. python -m t5lite train ...
+  PYTHONPATH=tests/without_tf:. python benchmarks/gpu_check.py --smoke --out DIR
 
 Importing them raises ModuleNotFoundError, and importlib.util.find_spec finds nothing.
 """
-import runpy
 import sys
 
 BLOCKED = ("tensorflow", "tensorflow_text", "tensorflow_datasets", "seqio")
@@ -29,16 +29,4 @@ class _Hiding:
     return getattr(self.finder, attribute)
 
 
-def main() -> None:
-  sys.meta_path[:] = [_Hiding(finder) for finder in sys.meta_path]
-  args = sys.argv[1:]
-  if args[:1] == ["-m"]:
-    sys.argv = [args[1]] + args[2:]
-    runpy.run_module(args[1], run_name="__main__", alter_sys=True)
-  else:
-    sys.argv = args
-    runpy.run_path(args[0], run_name="__main__")
-
-
-if __name__ == "__main__":
-  main()
+sys.meta_path[:] = [_Hiding(finder) for finder in sys.meta_path]
