@@ -47,6 +47,7 @@ def test_save_restore_bit_exact_onto_any_mesh(tmp_path, restore_shape, fsdp):
   ckpt.close()
 
 
+@pytest.mark.slow
 def test_keep_and_latest(tmp_path):
   state, _ = make_state(partitioning.make_mesh((8, 1)))
   ckpt = Checkpointer(tmp_path / "ckpt", save_period=2, keep=2, async_save=False)

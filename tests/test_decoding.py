@@ -50,7 +50,9 @@ def _nudge(params, cfg):
   return params
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
+# BART shares the decoding code; its compiles make it the slow half (make test-all).
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n == "bart" else n
+                                        for n in sorted(CONFIGS)])
 def setup(request):
   """(model, unboxed params, boxed params, encoder tokens) for one family."""
   cfg = CONFIGS[request.param]

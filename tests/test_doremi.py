@@ -294,6 +294,7 @@ def test_resumed_proxy_continues_alpha_exactly_and_the_reference_is_reused(resum
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_packed_domain_losses_equal_example_by_example(domains, tmp_path):
   """Rows packing three span-corruption examples of mixed domains: per-domain mean losses from
   the packed batch's task ids equal those of each example run alone."""

@@ -37,6 +37,7 @@ def _batch(rng, weights_value=1.0):
           "decoder_loss_weights": np.full(tokens.shape, weights_value, np.float32)}
 
 
+@pytest.mark.slow
 def test_nonfinite_step_is_skipped_and_counted():
   """A NaN loss leaves parameters and optimizer state as they were, advances the step and counts
   the skip; the next good step applies again and ends the run of skips."""

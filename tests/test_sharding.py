@@ -139,6 +139,7 @@ def test_mesh_errors():
   assert dict(partitioning.make_mesh((-1, 2)).shape) == {"data": 4, "model": 2}
 
 
+@pytest.mark.slow
 def test_indivisible_dimension_is_replicated_not_an_error():
   """BART's vocabulary (50265) cannot split over model=2: that axis is replicated instead."""
   cfg = TINY.replace(vocab_size=255)

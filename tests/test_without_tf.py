@@ -117,40 +117,54 @@ def test_core_modules_import_without_tensorflow(tmp_path):
   assert report["loaded"] == [] and report["available"] is False
 
 
-def test_train_eval_and_predict_from_a_cache_without_tensorflow(cache, tmp_path):
-  """`t5lite train` from the cache alone: steps, a checkpoint, eval loss, decoded predictions;
-  then resumes; a run with no cache names the missing extra."""
-  model_dir = tmp_path / "run"
-  bindings = {"MODEL_DIR": f"'{model_dir}'", "DATA_CACHE_DIR": f"'{cache}'",
+def _train(cache, tmp_path, **changes):
+  """`t5lite train` of the tiny T5 1.1 on the cache's C4 span corruption, without TF; a binding
+  given as None is left out."""
+  bindings = {"MODEL_DIR": f"'{tmp_path / 'run'}'", "DATA_CACHE_DIR": f"'{cache}'",
               "MIXTURE_OR_TASK_NAME": "'c4_json_span_corruption'",
               "TASK_FEATURE_LENGTHS": str(LENGTHS), "BATCH_SIZE": "8", "TRAIN_STEPS": "4",
               "Config.dtype": "'float32'", "EvalConfig.period": "4", "EvalConfig.steps": "2",
               "EvalConfig.predict_examples": "2", "LoopConfig.log_period": "2",
-              "Checkpointer.save_period": "4"}
+              "Checkpointer.save_period": "4", **changes}
+  flags = [f"--gin.{k}={v}" for k, v in bindings.items() if v is not None]
+  return _without_tf(["-m", "t5lite", "train", "--gin_file=models/t5_1_1/tiny.gin",
+                      "--gin_file=runs/pretrain.gin", *flags], tmp_path)
 
-  def train(**changes):
-    flags = [f"--gin.{k}={v}" for k, v in {**bindings, **changes}.items() if v is not None]
-    return _without_tf(["-m", "t5lite", "train", "--gin_file=models/t5_1_1/tiny.gin",
-                        "--gin_file=runs/pretrain.gin", *flags], tmp_path)
 
-  result = train()
+def _metrics(model_dir, split):
+  rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+  return [r for r in rows if r.get("split") == split]
+
+
+def test_train_eval_and_predict_from_a_cache_without_tensorflow(cache, tmp_path):
+  """`t5lite train` from the cache alone: steps, a checkpoint, eval loss, decoded predictions."""
+  result = _train(cache, tmp_path)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-  metrics = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
-  evals = [m for m in metrics if m.get("split") == "eval"]
-  assert [m["step"] for m in evals] == [4] and np.isfinite(evals[0]["loss"]), metrics
+  evals = _metrics(tmp_path / "run", "eval")
+  assert [m["step"] for m in evals] == [4] and np.isfinite(evals[0]["loss"]), evals
+  assert max(m["step"] for m in _metrics(tmp_path / "run", "train")) == 4
+  assert (tmp_path / "run" / "checkpoints" / "4").is_dir()
   assert result.stdout.count("held-out example") == 2, result.stdout[-2000:]
   assert "prediction:" in result.stdout
 
-  again = train(TRAIN_STEPS="6")
+
+@pytest.mark.slow
+def test_resume_from_a_cache_and_no_cache_without_tensorflow(cache, tmp_path):
+  """A run resumes from its checkpoint and the cache's saved position; without a cache the
+  error names the extra to install (exit 2, one line)."""
+  first = _train(cache, tmp_path, TRAIN_STEPS="2", **{"Checkpointer.save_period": "2",
+                                                      "EvalConfig.period": "0",
+                                                      "EvalConfig.predict_examples": "0"})
+  assert first.returncode == 0, first.stderr[-3000:]
+  again = _train(cache, tmp_path, **{"EvalConfig.predict_examples": "0"})
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resumed from" in again.stdout + again.stderr
-  steps = [json.loads(line)["step"] for line in (model_dir / "metrics.jsonl").read_text()
-           .splitlines() if json.loads(line).get("split") == "train"]
-  assert max(steps) == 6
+  assert [m["step"] for m in _metrics(tmp_path / "run", "train")][-1] == 4
 
-  no_cache = train(DATA_CACHE_DIR=None, MODEL_DIR=f"'{tmp_path / 'other'}'")
+  no_cache = _train(cache, tmp_path, DATA_CACHE_DIR=None, MODEL_DIR=f"'{tmp_path / 'other'}'")
   assert no_cache.returncode == 2, no_cache.stderr[-3000:]
   assert "t5lite[data]" in no_cache.stderr and "without a token cache" in no_cache.stderr
+  assert len(no_cache.stderr.strip().splitlines()) == 2  # the line and the traceback hint
 
 
 @pytest.mark.slow

@@ -279,7 +279,8 @@ def build(name: str, output: str, splits: Optional[Sequence[str]] = None, worker
       built[key.name] = results[key.name]
     if built and all(m is not None for m in built.values()):  # every cache of the split is done
       written = manifest.write(output, name, split, keys.cached_tasks(name, split))
-      echo(f"t5lite cache: wrote {written}")
+      if written:
+        echo(f"t5lite cache: wrote {written}")
   if not results:
     raise ValueError(f"{name!r}: its sources have none of the splits {list(DEFAULT_SPLITS)}")
   return results

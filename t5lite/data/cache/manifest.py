@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from t5lite import files
 from t5lite.data.cache.format import CacheKey, cache_command
@@ -77,8 +77,10 @@ def _vocabulary_files(vocabulary: Any) -> tuple[dict, dict[str, bytes]]:
   return {"type": "gpt2_bpe"}, found
 
 
-def write(data_cache_dir: str, name: str, split: str, tasks: Sequence[CachedTask]) -> str:
-  """Writes the manifest of `name`'s split (and its vocabularies' files); returns its path."""
+def write(data_cache_dir: str, name: str, split: str,
+          tasks: Sequence[CachedTask]) -> Optional[str]:
+  """Writes the manifest of `name`'s split (and its vocabularies' files); its path, or None when
+  the manifest there already says the same."""
   entries, folder = [], os.path.join(data_cache_dir, MANIFESTS)
   for task in tasks:
     how, blobs = _vocabulary_files(task.vocabulary)
@@ -93,8 +95,11 @@ def write(data_cache_dir: str, name: str, split: str, tasks: Sequence[CachedTask
                     "vocabulary": {**how, "dir": os.path.relpath(vocab_dir, folder)},
                     "key": task.key.as_json()})
   target = path(data_cache_dir, name, split)
-  files.write_text(target, json.dumps({"version": VERSION, "name": name, "split": split,
-                                       "tasks": entries}, indent=1, sort_keys=True) + "\n")
+  text = json.dumps({"version": VERSION, "name": name, "split": split, "tasks": entries},
+                    indent=1, sort_keys=True) + "\n"
+  if files.exists(target) and files.read_text(target) == text:
+    return None
+  files.write_text(target, text)
   return target
 
 
