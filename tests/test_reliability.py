@@ -67,6 +67,37 @@ def test_nonfinite_step_is_skipped_and_counted():
     assert all(changed)
 
 
+def test_all_finite_is_exact():
+  """One inf or NaN anywhere (a leaf, the loss) makes the guard's check false; finite extremes
+  (float32's largest, a denormal, -0) do not."""
+  tree = {"a": np.array([3.4e38, -3.4e38, 1e-45, -0.0], np.float32),
+          "b": np.ones((3, 2), np.float32)}
+  check = jax.jit(train_step_lib._all_finite)
+  assert bool(check(np.float32(1.0), tree))
+  for bad in (np.inf, -np.inf, np.nan):
+    assert not bool(check(np.float32(bad), tree))
+    for name, index in (("a", (0,)), ("a", (3,)), ("b", (2, 1))):
+      broken = {k: v.copy() for k, v in tree.items()}
+      broken[name][index] = bad
+      assert not bool(check(np.float32(1.0), broken)), (bad, name, index)
+
+
+def test_guard_check_is_not_copied_into_each_where():
+  """The step's compiled program computes the guard's all-finite check once: were XLA to copy
+  its per-leaf ops into each parameter's and moment's `where`, the ops to compile (and the
+  compile time) would grow as leaves x leaves (T5 1.1 small: 10 s -> 29 s on CPU)."""
+  mesh = partitioning.make_mesh((1, 1), devices=jax.devices()[:1])
+  schedule = optim.learning_rate_schedule("constant", peak=1e-2)
+  tx = optim.make_optimizer("adamw", schedule=schedule)
+  with partitioning.activate(mesh):
+    state, shardings, model = train_state.create_train_state(TINY, tx, mesh, seed=0)
+    step = train_step_lib.jit_train_step(model, tx, schedule, shardings, mesh, z_loss=1e-4)
+    batch = partitioning.host_to_global(_batch(np.random.default_rng(0)), mesh)
+    hlo = step.lower(state, batch).compile().as_text()
+  leaves = len(jax.tree.leaves(state.params))
+  assert hlo.count(" and(") < 2 * leaves  # 20 for 29 leaves; 2,811 when copied into each where
+
+
 def _saved_params_finite(model_dir, step):
   return all(np.all(np.isfinite(v)) for v in mh.saved_params(model_dir, step).values())
 
