@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "cache": ("cache", "main", "tokenize a task's source once into a token cache (ArrayRecord)"),
     "select": ("select", "main", "DSIR: select raw documents that look like a target domain"),
     "doremi": ("doremi", "main", "DoReMi: domain weights of a mixture (reference + DRO proxy)"),
-    "corpus": ("corpus", "main", "build a C4-style corpus from WET / JSON pages (C4's rules)"),
+    "corpus": ("corpus", "main", "build a C4-style corpus from WET / JSON pages (C4's rules); "
+               "prune one by perplexity"),
 }
 
 

@@ -1,4 +1,5 @@
-"""`t5lite corpus`: build an allenai/c4-style corpus from raw pages with C4's rules (datatrove).
+"""`t5lite corpus`: build an allenai/c4-style corpus from raw pages with C4's rules (datatrove),
+and prune one by perplexity.
 
   t5lite corpus build --input 'crawl/*.warc.wet.gz' --output /data/mycorpus      # C4 en's rules
   t5lite corpus build --input 'pages/*.jsonl.gz' --output /data/noclean \\
@@ -6,6 +7,8 @@
   t5lite corpus build ... --executor slurm --slurm_partition cpu --tasks 1000     # a whole crawl
   t5lite corpus report /data/mycorpus           # the counters (or the progress of a running build)
   t5lite corpus demo-wet demo.warc.wet.gz       # a WET file of real documents + web boilerplate
+  t5lite corpus prune --input '/data/mycorpus/c4-train.*.json.gz' --output /data/pruned \
+      --model_dir runs/scorer --keep 0.5 --select middle    # perplexity pruning (prefix-LM loss)
 
 Then train on it: --gin.register_all.json_sources="{'mine': '/data/mycorpus/c4-train.*.json.gz'}"
 and --gin.MIXTURE_OR_TASK_NAME="'mine_span_corruption'" (see gin_configs/runs/corpus_demo.gin).
@@ -74,18 +77,44 @@ def parser() -> argparse.ArgumentParser:
                                       "dressed as web pages (and the demo vocabulary beside it)")
   d.add_argument("path", help="the .warc.wet.gz file to write (local)")
   d.add_argument("--seed", type=int, default=0)
+  _prune_parser(sub)
   return p
+
+
+def _prune_parser(sub) -> None:
+  p = sub.add_parser("prune", help="score every document with a trained run (prefix-LM loss per "
+                                   "token) and keep a fraction of the distribution")
+  p.add_argument("--input", action="append", required=True,
+                 help="JSON-lines shards ({\"text\": ...}, .json[l][.gz]): a pattern, local or "
+                      "gs:// (repeatable)")
+  p.add_argument("--output", required=True,
+                 help="output folder: shards, scores.jsonl.gz, summary.json, prune.json")
+  p.add_argument("--keep", type=float, required=True, help="fraction of documents kept, (0, 1]")
+  p.add_argument("--select", choices=("low", "middle", "high", "random"), default="middle",
+                 help="which part of the loss distribution stays (random: the baseline); "
+                      "default middle")
+  p.add_argument("--seed", type=int, default=0, help="--select random's sample (default 0)")
+  p.add_argument("--inputs_length", type=int, default=256,
+                 help="tokens of a document's prefix given to the encoder, EOS included "
+                      "(default 256)")
+  p.add_argument("--targets_length", type=int, default=256,
+                 help="tokens of its continuation scored, EOS included (default 256)")
+  p.add_argument("--shards", type=int, default=0, help="output shards; 0: one per input file")
+  p.add_argument("--split", choices=("train", "validation"), default="train",
+                 help="the output shards' names: c4-<split>.NNNNN-of-NNNNN.json.gz (default train)")
+  p.add_argument("--text_key", default="text", help="the document text's key (default text)")
+  common.add_run_flags(p)
 
 
 def main(argv: list[str]) -> int:
   rest, bindings = common.split_gin_overrides(argv)
   args = parser().parse_args(rest)
-  if args.action == "build":
+  if args.action in ("build", "prune"):
     args.gin_bindings = list(args.gin_bindings) + bindings
-    return _build(args)
+    return _build(args) if args.action == "build" else _prune(args)
   if bindings:
     raise ValueError(f"--gin.{bindings[0].split(' ')[0]}: gin applies to `t5lite corpus build` "
-                     "only")
+                     "and `t5lite corpus prune` only")
   if args.action == "report":
     return _report(args)
   return _demo_wet(args)
@@ -122,6 +151,24 @@ def _build(args: argparse.Namespace) -> int:
   print(f"shards: {build.output}/c4-train.*-of-{build.tasks:05d}.json.gz"
         + (f", c4-validation.*-of-{build.validation_shards:05d}.json.gz"
            if build.validation_shards else "") + f"; counters: {build.output}/report.json")
+  return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+  from t5lite.corpus import prune  # pylint: disable=g-import-not-at-top
+  plan = prune.plan(args.input, args.output, args.keep, args.select, seed=args.seed,
+                    inputs_length=args.inputs_length, targets_length=args.targets_length,
+                    shards=args.shards, split=args.split, text_key=args.text_key)
+  prune.check_model_dir(args.model_dir)
+  run = common.load_run(args)
+  print(f"t5lite corpus prune: {len(plan.inputs)} input file(s) -> {plan.output}, scored by "
+        f"{run.model_dir} (step {run.step}) as a prefix LM ({plan.inputs_length} / "
+        f"{plan.targets_length} tokens)", flush=True)
+  summary = prune.prune(plan, run, vocabulary=args.vocabulary, batch_size=args.batch_size,
+                        log=lambda line: print(line, flush=True))
+  print(prune.format_summary(summary))
+  print(f"shards: {plan.output}/c4-{plan.split}.*-of-{plan.shards:05d}.json.gz; scores: "
+        f"{plan.output}/{prune.SCORES}; summary: {plan.output}/{prune.SUMMARY}")
   return 0
 
 

@@ -1,4 +1,5 @@
-"""Build your own C4: raw pages (Common Crawl WET files, JSON lines) -> allenai/c4-style shards.
+"""Build your own C4: raw pages (Common Crawl WET files, JSON lines) -> allenai/c4-style shards,
+and prune them by perplexity.
 
 C4's rules exactly as TFDS's `c4.py` + `c4_utils.py` apply them, as datatrove pipeline steps, so
 one pipeline runs locally, on SLURM or on Ray, resumably, into the shards every other t5lite
@@ -13,6 +14,8 @@ command reads (`c4_json` tasks, `register_all.json_sources`, `t5lite cache`, sel
   pipeline.py  the passes of a build, its executors (local / SLURM / Ray), the build manifest
   report.py    per-rule counters gathered from datatrove's stats into report.json and a table
   demo.py      a WET file of real documents plus web boilerplate (the demo, the tests)
+  prune.py     perplexity pruning of finished shards with a trained run (prefix-LM loss per
+               token; low / middle / high / random fraction), plain Python on one process
 
 Nothing here imports TensorFlow (remote paths go through t5lite/files.py, which does).
 """
