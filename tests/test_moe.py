@@ -212,3 +212,27 @@ def test_flops_count_one_expert_and_the_router():
   sparse = tiny_config(num_experts=32)
   router = 3 * 2 * 32 * 32 * (64 * 1 + 16 * 1)  # one sparse layer per stack, d 32
   assert flops_per_example(sparse, 64, 16) == flops_per_example(dense, 64, 16) + router
+
+
+def test_scanned_switch_decoder_beam_searches_and_samples_like_unrolled():
+  """A scanned stack of dense+sparse blocks keeps a stacked KV cache per block layer; beams,
+  scores and samples equal the unrolled model's (eval capacity: no token dropped while decoding)."""
+  from t5lite.model import stacks  # pylint: disable=g-import-not-at-top
+  from t5lite.serving import decoding  # pylint: disable=g-import-not-at-top
+  cfg = switch(num_decoder_layers=4)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(2, 256, (3, 8)), jnp.int32)
+  model_u = EncoderDecoder(cfg)
+  params = nn.unbox(jax.jit(model_u.init)(jax.random.key(3), tokens, tokens[:, :4])["params"])
+  params = jax.tree.map(lambda x: x * 3.0, params)  # peaky logits: beams differ
+  beams_u, scores_u = decoding.beam_search(model_u, params, tokens, 5, beam_size=3)
+  model_s = EncoderDecoder(cfg.replace(scan_layers=True))
+  beams_s, scores_s = decoding.beam_search(model_s, stacks.scanned(params), tokens, 5,
+                                           beam_size=3)
+  np.testing.assert_array_equal(beams_s, beams_u)
+  np.testing.assert_allclose(scores_s, scores_u, rtol=1e-5)
+  rng = jax.random.key(7)
+  sampled_u = decoding.sample_decode(model_u, params, tokens, 5, rng, temperature=1.0, top_k=20)
+  sampled_s = decoding.sample_decode(model_s, stacks.scanned(params), tokens, 5, rng,
+                                     temperature=1.0, top_k=20)
+  np.testing.assert_array_equal(sampled_s, sampled_u)
+  assert not np.array_equal(sampled_u, beams_u[:, 0])  # sampling, not the best beam

@@ -62,7 +62,8 @@ def config_from_hf(hf_config, **overrides) -> Config:
            "umt5": "a relative_attention_bias in every layer (t5lite has one per stack)",
            "longt5": "local/transient-global attention"}.get(model_type, "")
     raise ValueError(f"model_type={model_type!r} is not supported{' (' + why + ')' if why else ''}; "
-                     f"t5lite converts {', '.join(_T5_MODEL_TYPES)}, {hf_switch.MODEL_TYPE} and bart")
+                     f"t5lite converts {', '.join(_T5_MODEL_TYPES)}, {hf_switch.MODEL_TYPE} and "
+                     "bart")
   return Config(**{**fields, **overrides})
 
 
