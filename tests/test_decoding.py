@@ -184,7 +184,7 @@ def test_decoding_on_a_4x2_mesh_equals_unsharded(setup):
   tokens_sharded = jax.device_put(tokens, NamedSharding(mesh, P("data")))
   expected = (decoding.greedy_decode(model, params, tokens, L),
               decoding.beam_search(model, params, tokens, L, beam_size=4))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.RULES):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.rules(False, mesh.axis_names)):
     got = (decoding.greedy_decode(model, sharded, tokens_sharded, L),
            decoding.beam_search(model, sharded, tokens_sharded, L, beam_size=4))
   assert got[0].sharding.spec == P("data") and got[1][0].sharding.spec == P("data")

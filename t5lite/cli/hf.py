@@ -12,9 +12,9 @@ from t5lite.cli import common
 def import_main(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(
       prog="t5lite import-hf",
-      description="Convert a Hugging Face save_pretrained folder (T5, T5 1.1, mT5, BART; "
-                  "safetensors only) into a t5lite run folder: checkpoints/0, model.gin and the "
-                  "vocabulary.")
+      description="Convert a Hugging Face save_pretrained folder (T5, T5 1.1, mT5, BART, "
+                  "SwitchTransformers; safetensors only) into a t5lite run folder: checkpoints/0, "
+                  "model.gin and the vocabulary.")
   parser.add_argument("hf_dir")
   parser.add_argument("model_dir")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
@@ -25,9 +25,10 @@ def import_main(argv: Sequence[str]) -> int:
   common.start_devices()
   config = hf_folders.import_hf(args.hf_dir, args.model_dir, args.dtype)
   run_dir = run_folder.RunDir(args.model_dir)
+  experts = f", {config.num_experts} experts" if config.num_experts else ""
   print(f"t5lite: imported {args.hf_dir} ({config.family}, d_model {config.emb_dim}, "
-        f"{config.num_encoder_layers}+{config.num_decoder_layers} layers) into {run_dir.path}; "
-        f"use --gin_file={run_dir.file(run_folder.MODEL_GIN)}")
+        f"{config.num_encoder_layers}+{config.num_decoder_layers} layers{experts}) into "
+        f"{run_dir.path}; use --gin_file={run_dir.file(run_folder.MODEL_GIN)}")
   return 0
 
 

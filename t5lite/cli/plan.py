@@ -61,12 +61,13 @@ def report(p) -> str:
   lines = [
       f"t5lite plan: {p.topology}, {p.devices} x {p.device_kind}"
       + (f" ({cores})" if p.device_kind.startswith("TPU") else "")
-      + f", mesh data {p.mesh['data']} x model {p.mesh['model']}, fsdp "
+      + f", mesh {' x '.join(f'{k} {v}' for k, v in p.mesh.items())}, fsdp "
       f"{'on' if p.fsdp else 'off'}, microbatches {p.microbatches}",
       f"model         {p.parameters / 1e6:.2f}M parameters ({c.param_dtype}), activations "
-      f"{c.dtype}, {c.num_encoder_layers}+{c.num_decoder_layers} layers, d_model {c.emb_dim}",
+      f"{c.dtype}, {c.num_encoder_layers}+{c.num_decoder_layers} layers, d_model {c.emb_dim}"
+      + (f", {c.num_experts} experts" if c.num_experts else ""),
       f"batch         {p.batch_size} x {li}/{lt} (inputs/targets), "
-      f"{p.batch_size // p.mesh['data']} per data shard",
+      f"{p.batch_size // (p.mesh['data'] * p.mesh.get('expert', 1))} per data shard",
       f"time          trace + lower {p.trace_seconds:.1f} s, compile {p.compile_seconds:.1f} s",
       f"per device    parameters {_bytes(p.parameter_bytes)}, optimizer state "
       f"{_bytes(p.optimizer_bytes)}, batch {_bytes(p.batch_bytes)}",

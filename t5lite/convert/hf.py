@@ -1,4 +1,5 @@
-"""Conversion between t5lite and Hugging Face transformers (T5 1.0 / 1.1, mT5, BART), both ways.
+"""Conversion between t5lite and Hugging Face transformers (T5 1.0 / 1.1, mT5, BART,
+SwitchTransformers: hf_switch.py), both ways.
 
   config_from_hf(hf_config, **overrides) -> Config     hf_config_from(config) -> T5Config | BartConfig
   params_from_hf(state_dict, config) -> params         params_to_hf(params, config) -> state_dict
@@ -14,11 +15,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import numpy as np
 
+from t5lite.convert import hf_switch
 from t5lite.model import stacks as layout
 from t5lite.model.config import Config
 
@@ -51,6 +53,8 @@ def config_from_hf(hf_config, **overrides) -> Config:
                      "models only")
   if model_type in _T5_MODEL_TYPES:
     fields = _t5_fields(hf_config)
+  elif model_type == hf_switch.MODEL_TYPE:
+    fields = hf_switch.config_fields(hf_config, _ACT_FROM_HF)
   elif model_type == "bart":
     fields = _bart_fields(hf_config)
   else:
@@ -58,7 +62,8 @@ def config_from_hf(hf_config, **overrides) -> Config:
            "umt5": "a relative_attention_bias in every layer (t5lite has one per stack)",
            "longt5": "local/transient-global attention"}.get(model_type, "")
     raise ValueError(f"model_type={model_type!r} is not supported{' (' + why + ')' if why else ''}; "
-                     f"t5lite converts {', '.join(_T5_MODEL_TYPES)} and bart")
+                     f"t5lite converts {', '.join(_T5_MODEL_TYPES)}, {hf_switch.MODEL_TYPE} and "
+                     "bart")
   return Config(**{**fields, **overrides})
 
 
@@ -127,6 +132,8 @@ def hf_config_from(config: Config):
   """The transformers T5Config / BartConfig for a t5lite Config (ValueError if HF cannot express it)."""
   transformers = _require("transformers")
   acts = config.mlp_activations
+  if config.num_experts:
+    return hf_switch.hf_config(config, _ACT_TO_HF, transformers)
   if config.family == "t5":
     if config.gated and acts[1] != "linear":
       raise ValueError(f"mlp_activations={acts!r}: HF gates wi_0 and keeps wi_1 linear")
@@ -178,6 +185,7 @@ class _Entry(NamedTuple):
   shape: tuple  # t5lite's
   to_ours: Callable[[np.ndarray], np.ndarray]
   to_hf: Callable[[np.ndarray], np.ndarray]
+  index: Optional[int] = None  # one expert of a stacked [E, ...] t5lite kernel (shape: its slice)
 
 
 def _ident(x):
@@ -191,12 +199,23 @@ def _entries(config: Config) -> tuple[list[_Entry], dict[str, str]]:
                    config.vocab_size)
   out: list[_Entry] = []
 
-  def add(path, hf, hf_shape, shape=None, to_ours=_ident, to_hf=_ident):
+  def add(path, hf, hf_shape, shape=None, to_ours=_ident, to_hf=_ident, index=None):
     shape = hf_shape if shape is None else shape
-    out.append(_Entry(tuple(path.split("/")), hf, tuple(hf_shape), tuple(shape), to_ours, to_hf))
+    out.append(_Entry(tuple(path.split("/")), hf, tuple(hf_shape), tuple(shape), to_ours, to_hf,
+                      index))
 
-  def transpose(path, hf, rows, cols):  # HF Linear weight [out, in] <-> our kernel [in, out]
-    add(path, hf, (rows, cols), (cols, rows), lambda w: w.T, lambda w: w.T)
+  def transpose(path, hf, rows, cols, index=None):  # HF Linear [out, in] <-> our kernel [in, out]
+    add(path, hf, (rows, cols), (cols, rows), lambda w: w.T, lambda w: w.T, index)
+
+  def switch_mlp(ours, hf, sparse):  # SwitchTransformers: layer.N.mlp, plain wi / wo
+    if not sparse:
+      transpose(f"{ours}/wi", f"{hf}.wi.weight", F, D)
+      transpose(f"{ours}/wo", f"{hf}.wo.weight", D, F)
+      return
+    transpose(f"{ours}/router", f"{hf}.router.classifier.weight", config.num_experts, D)
+    for e in range(config.num_experts):
+      transpose(f"{ours}/experts/wi", f"{hf}.experts.expert_{e}.wi.weight", F, D, index=e)
+      transpose(f"{ours}/experts/wo", f"{hf}.experts.expert_{e}.wo.weight", D, F, index=e)
 
   def attention(ours, hf, names, bart):
     q, k, v, o = names
@@ -227,15 +246,18 @@ def _entries(config: Config) -> tuple[list[_Entry], dict[str, str]]:
           (config.relative_attention_num_buckets, H))
       sublayers = ([("attention", "SelfAttention")] if stack == "encoder" else
                    [("self_attention", "SelfAttention"), ("cross_attention", "EncDecAttention")])
-      for i in range(n_layers):
+      for i, sparse in enumerate(config.sparse_layers(stack)):
         ours, hf = f"{stack}/layers_{i}", f"{stack}.block.{i}.layer"
         for j, (name, hf_name) in enumerate(sublayers):
           attention(f"{ours}/{name}", f"{hf}.{j}.{hf_name}", "qkvo", False)
           norm(f"{ours}/{name}_norm", f"{hf}.{j}.layer_norm", False)
         j = len(sublayers)
-        for wi in (("wi_0", "wi_1") if config.gated else ("wi",)):
-          transpose(f"{ours}/mlp/{wi}", f"{hf}.{j}.DenseReluDense.{wi}.weight", F, D)
-        transpose(f"{ours}/mlp/wo", f"{hf}.{j}.DenseReluDense.wo.weight", D, F)
+        if config.num_experts:
+          switch_mlp(f"{ours}/mlp", f"{hf}.{j}.mlp", sparse)
+        else:
+          for wi in (("wi_0", "wi_1") if config.gated else ("wi",)):
+            transpose(f"{ours}/mlp/{wi}", f"{hf}.{j}.DenseReluDense.{wi}.weight", F, D)
+          transpose(f"{ours}/mlp/wo", f"{hf}.{j}.DenseReluDense.wo.weight", D, F)
         norm(f"{ours}/mlp_norm", f"{hf}.{j}.layer_norm", False)
       norm(f"{stack}/final_norm", f"{stack}.final_layer_norm", False)
     if config.logits_via_embedding:
@@ -290,6 +312,8 @@ def params_from_hf(state_dict: dict[str, Any], config: Config) -> dict:
   embedding (HF ties it then). Shape mismatches, missing and unexpected keys raise ValueError."""
   entries, aliases = _entries(config)
   sd = {k: v for k, v in state_dict.items() if k not in _IGNORED}
+  if config.num_experts:
+    hf_switch.check_experts(sd, config)
   if not config.logits_via_embedding and "lm_head.weight" not in sd:
     shared = entries[0].hf
     if shared in sd:
@@ -300,6 +324,7 @@ def params_from_hf(state_dict: dict[str, Any], config: Config) -> dict:
     raise ValueError(f"state dict does not match the {config.family} config: "
                      f"missing keys {missing}, unexpected keys {unexpected}")
   params: dict = {}
+  experts: dict = {}  # path -> {expert: its slice}, stacked below
   for e in entries:
     value = _as_float32(sd[e.hf])
     if value.shape != e.hf_shape:
@@ -307,7 +332,15 @@ def params_from_hf(state_dict: dict[str, Any], config: Config) -> dict:
     node = params
     for part in e.path[:-1]:
       node = node.setdefault(part, {})
-    node[e.path[-1]] = np.ascontiguousarray(e.to_ours(value))
+    if e.index is None:
+      node[e.path[-1]] = np.ascontiguousarray(e.to_ours(value))
+    else:
+      experts.setdefault(e.path, {})[e.index] = e.to_ours(value)
+  for path, slices in experts.items():
+    node = params
+    for part in path[:-1]:
+      node = node[part]
+    node[path[-1]] = np.ascontiguousarray(np.stack([slices[i] for i in range(len(slices))]))
   for alias, source in aliases.items():
     if alias in sd and not np.array_equal(_as_float32(sd[alias]), _as_float32(sd[source])):
       raise ValueError(f"{alias} differs from {source}, but the config ties them "
@@ -335,15 +368,20 @@ def params_to_hf(params, config: Config, include_tied: bool = True) -> dict[str,
         raise ValueError(f"params are missing {'/'.join(e.path[:depth + 1])} (for {e.hf})")
       node = node[part]
     used.add(e.path)
-    if tuple(np.shape(node)) != e.shape:
-      raise ValueError(f"{'/'.join(e.path)} (for {e.hf}): expected shape {e.shape}, "
+    shape = e.shape if e.index is None else (config.num_experts,) + e.shape
+    if tuple(np.shape(node)) != shape:
+      raise ValueError(f"{'/'.join(e.path)} (for {e.hf}): expected shape {shape}, "
                        f"got {tuple(np.shape(node))}")
-    sd[e.hf] = np.ascontiguousarray(e.to_hf(_as_float32(node)))
+    value = _as_float32(node) if e.index is None else _as_float32(node[e.index])
+    sd[e.hf] = np.ascontiguousarray(e.to_hf(value))
   extra = sorted("/".join(p) for p in _paths(params) if p not in used)
   if extra:
     raise ValueError(f"params have entries with no HF counterpart: {extra}")
-  if include_tied:
-    for alias, source in aliases.items():
+  for alias, source in aliases.items():
+    # transformers 5's SwitchTransformers ties its stacks' embeddings to `shared` only when
+    # tie_word_embeddings: an untied one loads them as separate weights.
+    untied_switch = config.num_experts and not config.logits_via_embedding
+    if include_tied or (untied_switch and alias.endswith("embed_tokens.weight")):
       sd[alias] = sd[source].copy()
   return sd
 

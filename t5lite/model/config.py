@@ -14,6 +14,11 @@ FAMILIES = ("t5", "bart")
 # attention and MLP blocks' outputs (named with jax.ad_checkpoint.checkpoint_name).
 REMAT_POLICIES = ("none", "full", "minimal", "save_attn_mlp_outputs")
 ATTENTION_KERNELS = ("xla", "cudnn", "pallas_tpu")
+# Where a stack's sparse (mixture-of-experts) layers sit, every N-th layer (N = *_sparse_step):
+# flaxformer / t5x: layer i when i % N == N - 1 (N 2: 1, 3, 5, ...; N 4: 3, 7, 11, ...);
+# hf (transformers' SwitchTransformers): layer i when i % N == 1, or every layer when N == 1
+# (N 4: 1, 5, 9, ...). They agree for N 1 and 2; import-hf sets "hf".
+SPARSE_PLACEMENTS = ("flaxformer", "hf")
 
 
 @gin.configurable
@@ -54,6 +59,19 @@ class Config:
   # Attention: "xla" (einsum + softmax), or a fused kernel: "cudnn" (CUDA GPUs),
   # "pallas_tpu" (TPUs; Pallas interpret mode on CPU). See t5lite/attention.py.
   attention_kernel: str = "xla"
+  # Mixture of experts (Switch Transformer, model/moe.py): every N-th MLP becomes num_experts
+  # experts behind a top-1 router. 0 experts = dense (the fields below are then unused).
+  num_experts: int = 0
+  encoder_sparse_step: int = 2  # every N-th encoder layer is sparse, placed by sparse_placement
+  decoder_sparse_step: int = 2
+  sparse_placement: str = "flaxformer"  # one of SPARSE_PLACEMENTS
+  train_capacity_factor: float = 1.25  # expert capacity = max(round(cf * T / E), min capacity)
+  eval_capacity_factor: float = 2.0  # for T tokens per group
+  min_expert_capacity: int = 4
+  expert_group_size: int = 4096  # tokens routed together (see moe.tokens_per_group)
+  router_aux_loss_factor: float = 0.01  # load-balancing loss E^2 mean(f * P), per sparse layer
+  router_z_loss_factor: float = 0.0  # mean(logsumexp(router logits)^2); ST-MoE uses 1e-3
+  router_jitter: float = 0.0  # training only: router inputs times U(1 - j, 1 + j)
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -72,6 +90,35 @@ class Config:
       raise ValueError(f"Config.attention_kernel={self.attention_kernel!r}; expected one of "
                        f"{ATTENTION_KERNELS}")
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
+    self._check_experts()
+
+  def _check_experts(self):
+    if self.num_experts < 0:
+      raise ValueError(f"Config.num_experts={self.num_experts}; expected 0 (dense) or more")
+    if not self.num_experts:
+      return
+    if self.family != "t5":
+      raise ValueError(f"Config.num_experts={self.num_experts} with family={self.family!r}: "
+                       "mixture-of-experts layers exist for family 't5' only")
+    if self.sparse_placement not in SPARSE_PLACEMENTS:
+      raise ValueError(f"Config.sparse_placement={self.sparse_placement!r}; expected one of "
+                       f"{SPARSE_PLACEMENTS}")
+    for stack in ("encoder", "decoder"):
+      step, layers = getattr(self, f"{stack}_sparse_step"), getattr(self, f"num_{stack}_layers")
+      if not 1 <= step <= layers:
+        raise ValueError(f"Config.{stack}_sparse_step={step}; expected 1 to "
+                         f"num_{stack}_layers={layers} (every N-th layer is sparse)")
+    for name in ("train_capacity_factor", "eval_capacity_factor"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"Config.{name}={getattr(self, name)}; expected a capacity factor > 0")
+    for name in ("min_expert_capacity", "expert_group_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"Config.{name}={getattr(self, name)}; expected >= 1")
+    for name in ("router_aux_loss_factor", "router_z_loss_factor"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"Config.{name}={getattr(self, name)}; expected >= 0")
+    if not 0 <= self.router_jitter < 1:
+      raise ValueError(f"Config.router_jitter={self.router_jitter}; expected 0 <= jitter < 1")
 
   @property
   def activation_dtype(self):
@@ -89,13 +136,25 @@ class Config:
   def gated(self) -> bool:
     return len(self.mlp_activations) == 2
 
+  def sparse_layers(self, stack: str) -> tuple[bool, ...]:
+    """Which layers of "encoder" or "decoder" are sparse (all False for a dense model)."""
+    n = getattr(self, f"num_{stack}_layers")
+    if not self.num_experts:
+      return (False,) * n
+    step = getattr(self, f"{stack}_sparse_step")
+    if self.sparse_placement == "hf":
+      return tuple(step == 1 or i % step == 1 for i in range(n))
+    return tuple(i % step == step - 1 for i in range(n))
+
   def replace(self, **changes) -> "Config":
     return dataclasses.replace(self, **changes)
 
 
 def flops_per_example(config: Config, inputs_length: int, targets_length: int) -> float:
   """Training FLOPs per example (3 x forward; 2 FLOPs per multiply-add), counted as t5x counts an
-  encoder-decoder: dense layers, attention and the LM head, no 6N(Li+Lt) shortcut."""
+  encoder-decoder: dense layers, attention and the LM head, no 6N(Li+Lt) shortcut. A sparse layer
+  counts one expert's MLP per token (what a token computes; capacity padding is not counted) plus
+  its router's [D, E] product."""
   d, inner, d_ff, V = config.emb_dim, config.inner_dim, config.mlp_dim, config.vocab_size
   li, lt = inputs_length, targets_length
   n_ff = 3 if config.gated else 2
@@ -105,4 +164,6 @@ def flops_per_example(config: Config, inputs_length: int, targets_length: int) -
   dec_dense = ld * (2 * lt * (4 * d * inner + 2 * d * inner + n_ff * d * d_ff) + 2 * li * 2 * d * inner)
   dec_attn = ld * (4 * lt * lt * inner + 4 * lt * li * inner)
   head = 2 * lt * d * V
-  return 3.0 * (enc_dense + enc_attn + dec_dense + dec_attn + head)
+  router = 2 * d * config.num_experts * (li * sum(config.sparse_layers("encoder"))
+                                         + lt * sum(config.sparse_layers("decoder")))
+  return 3.0 * (enc_dense + enc_attn + dec_dense + dec_attn + head + router)

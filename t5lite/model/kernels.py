@@ -21,6 +21,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from t5lite.model.masks import PAD_KV_SEGMENT, PAD_Q_SEGMENT, SegmentMask
@@ -61,10 +62,14 @@ def platform() -> str:
   return jax.default_backend()
 
 
-def _mesh_axis(mesh, logical: str, size: int) -> Optional[str]:
-  """The mesh axis partitioning.RULES map a logical axis to, when it splits `size` evenly."""
-  axis = dict(partitioning.RULES).get(logical)
-  if mesh.empty or axis not in mesh.axis_names or size % mesh.shape[axis]:
+def _mesh_axis(mesh, logical: str, size: int):
+  """The mesh axis (or axes: batch over 'data' and 'expert') partitioning.RULES map a logical
+  axis to on this mesh, when it splits `size` evenly."""
+  if mesh.empty:
+    return None
+  axis = dict(partitioning.rules(False, mesh.axis_names)).get(logical)
+  axes = (axis,) if isinstance(axis, str) else axis or ()
+  if not axes or size % int(np.prod([mesh.shape[a] for a in axes])):
     return None
   return axis
 

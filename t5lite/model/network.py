@@ -10,6 +10,11 @@ table): XLA compiles one layer body instead of N. The relative-position bias is 
 stack outside the scan and broadcast into it. `t5lite.layout` converts parameters, optimizer state
 and checkpoints between the two layouts.
 
+Mixture of experts (Config.num_experts > 0): the MLP of the layers Config.sparse_layers names is a
+moe.SparseMlp (layers get `sparse=True`). A scanned stack then scans over blocks of P layers, P
+the period of its dense/sparse pattern (2 for every other layer sparse): `layers` holds
+`block_0` ... `block_{P-1}`, each stacked [N / P, ...] (stacks.py converts this too).
+
 Decoding: the scanned decoder decodes too (`decode=True`). Its KV cache is stacked like its
 parameters: every cache variable of the `layers` entry has a leading [N] axis (cached keys
 [N, B, L, H, K], cache_index [N]); decoding.py's beam search gathers such leaves on axis 1.
@@ -30,7 +35,9 @@ from t5lite.model.attention import Attention
 from t5lite.model.masks import make_mask
 from t5lite.model.config import Config
 from t5lite.model.layers import BATCH, EMBED, LENGTH, VOCAB, Embed, Mlp, Norm, RelativePositionBias, constrain, declare, kernel_init
+from t5lite.model.moe import COLLECTION as ROUTER_COLLECTION, SparseMlp
 from t5lite.model.ops import matmul
+from t5lite.model.stacks import BLOCK, period
 
 Array = jax.Array
 BART_POSITION_OFFSET = 2  # HF/fairseq BartLearnedPositionalEmbedding
@@ -63,9 +70,16 @@ def _sublayer(cfg: Config, norm: Norm, fn, x: Array, deterministic: bool) -> Arr
   return x + _dropout(cfg, fn(norm(x)), deterministic)
 
 
+def _mlp(cfg: Config, sparse: bool, train: bool) -> nn.Module:
+  return SparseMlp(cfg, train=train, name="mlp") if sparse else Mlp(cfg, name="mlp")
+
+
 class EncoderLayer(nn.Module):
+  """sparse: a mixture-of-experts MLP; train: the training pass (the router's capacity, jitter)."""
   config: Config
   deterministic: bool = True
+  sparse: bool = False
+  train: bool = False
 
   @nn.compact
   def __call__(self, x_BID, mask_B1II, bias_1HII):
@@ -75,7 +89,7 @@ class EncoderLayer(nn.Module):
                       lambda y: checkpoint_name(attn(y, y, mask_B1II, bias_1HII, det),
                                                 ATTENTION_OUT),
                       x_BID, det)
-    mlp = Mlp(cfg, name="mlp")
+    mlp = _mlp(cfg, self.sparse, self.train)
     x_BID = _sublayer(cfg, Norm(cfg, name="mlp_norm"),
                       lambda y: checkpoint_name(mlp(y, det), MLP_OUT), x_BID, det)
     return constrain(x_BID, (BATCH, LENGTH, EMBED))
@@ -85,6 +99,8 @@ class DecoderLayer(nn.Module):
   config: Config
   deterministic: bool = True
   decode: bool = False
+  sparse: bool = False
+  train: bool = False
 
   @nn.compact
   def __call__(self, y_BTD, encoded_BID, self_mask_B1TT, cross_mask_B1TI, bias_1HTT):
@@ -99,7 +115,7 @@ class DecoderLayer(nn.Module):
                       lambda z: checkpoint_name(
                           cross(z, encoded_BID, cross_mask_B1TI, None, det, decode), ATTENTION_OUT),
                       y_BTD, det)
-    mlp = Mlp(cfg, name="mlp")
+    mlp = _mlp(cfg, self.sparse, self.train)
     y_BTD = _sublayer(cfg, Norm(cfg, name="mlp_norm"),
                       lambda z: checkpoint_name(mlp(z, det), MLP_OUT), y_BTD, det)
     return constrain(y_BTD, (BATCH, LENGTH, EMBED))
@@ -109,22 +125,44 @@ def _scan_body(layer: nn.Module, carry_BLD: Array, *broadcast):
   return layer(carry_BLD, *broadcast), None
 
 
-def _stack(cls, cfg: Config, num_layers: int, x_BLD: Array, *broadcast, **flags) -> Array:
-  """Runs `num_layers` layers of `cls` (flags: its module attributes) over x; the other
-  arguments (masks, bias, encoder output) are the same for every layer. Call it inside a compact
-  method: the layers become children of that module."""
+class _Block(nn.Module):
+  """P consecutive layers of a scanned stack whose dense/sparse pattern repeats every P layers."""
+  layer: type
+  config: Config
+  pattern: tuple  # sparse or not, per layer of the block
+  flags: tuple  # the layers' other module attributes, as (name, value) pairs
+
+  @nn.compact
+  def __call__(self, x_BLD: Array, *broadcast) -> Array:
+    for j, sparse in enumerate(self.pattern):
+      x_BLD = self.layer(self.config, sparse=sparse, name=f"{BLOCK}{j}", **dict(self.flags))(
+          x_BLD, *broadcast)
+    return x_BLD
+
+
+def _stack(cls, cfg: Config, stack: str, x_BLD: Array, *broadcast, **flags) -> Array:
+  """Runs the layers of `stack` ("encoder" or "decoder") of `cls` (flags: its module
+  attributes) over x; the other arguments (masks, bias, encoder output) are the same for every
+  layer. Call it inside a compact method: the layers become children of that module."""
+  sparse = cfg.sparse_layers(stack)
+  num_layers = len(sparse)
   if cfg.remat_policy != "none" and not flags.get("decode", False):
     # prevent_cse only matters outside a scan (inside, the loop already stops XLA's CSE).
     cls = nn.remat(cls, policy=remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
   if not cfg.scan_layers:
     for i in range(num_layers):
-      x_BLD = cls(cfg, name=f"layers_{i}", **flags)(x_BLD, *broadcast)
+      x_BLD = cls(cfg, name=f"layers_{i}", sparse=sparse[i], **flags)(x_BLD, *broadcast)
     return x_BLD
-  scan = nn.scan(_scan_body, variable_axes={"params": 0, "cache": 0},
-                 split_rngs={"params": True, "dropout": True},
-                 in_axes=(nn.broadcast,) * len(broadcast), length=num_layers,
+  p = period(sparse)
+  scan = nn.scan(_scan_body, variable_axes={"params": 0, "cache": 0, ROUTER_COLLECTION: 0},
+                 split_rngs={"params": True, "dropout": True, "jitter": True},
+                 in_axes=(nn.broadcast,) * len(broadcast), length=num_layers // p,
                  metadata_params={nn.PARTITION_NAME: SCAN_AXIS})
-  x_BLD, _ = scan(cls(cfg, name=SCAN_AXIS, **flags), x_BLD, *broadcast)
+  if p == 1:
+    body = cls(cfg, name=SCAN_AXIS, sparse=sparse[0], **flags)
+  else:
+    body = _Block(cls, cfg, sparse[:p], tuple(sorted(flags.items())), name=SCAN_AXIS)
+  x_BLD, _ = scan(body, x_BLD, *broadcast)
   return x_BLD
 
 
@@ -134,7 +172,7 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BI, valid_BI, segment_ids_BI=None, positions_BI=None,
-               deterministic=True):
+               deterministic=True, train=False):
     cfg = self.config
     x_BID = self.embedder(tokens_BI)
     mask = make_mask(cfg.attention_kernel, valid_BI, valid_BI, segment_ids_BI, segment_ids_BI)
@@ -146,8 +184,8 @@ class Encoder(nn.Module):
       pos_I = jnp.arange(tokens_BI.shape[1])
       bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(pos_I, pos_I)
     x_BID = _dropout(cfg, x_BID, deterministic)
-    x_BID = _stack(EncoderLayer, cfg, cfg.num_encoder_layers, x_BID, mask, bias,
-                   deterministic=deterministic)
+    x_BID = _stack(EncoderLayer, cfg, "encoder", x_BID, mask, bias,
+                   deterministic=deterministic, train=train)
     if cfg.family == "t5":
       x_BID = Norm(cfg, name="final_norm")(x_BID)
     return _dropout(cfg, x_BID, deterministic)
@@ -170,7 +208,7 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, encoded_BID, encoder_valid_BI, tokens_BT, valid_BT,
                encoder_segment_ids_BI=None, segment_ids_BT=None, positions_BT=None,
-               deterministic=True, decode=False):
+               deterministic=True, decode=False, train=False):
     cfg = self.config
     y_BTD = self.embedder(tokens_BT)
     T = tokens_BT.shape[1]
@@ -203,8 +241,8 @@ class Decoder(nn.Module):
                                start=pos_start)
       y_BTD = Norm(cfg, name="embed_norm")(y_BTD)
     y_BTD = _dropout(cfg, y_BTD, deterministic)
-    y_BTD = _stack(DecoderLayer, cfg, cfg.num_decoder_layers, y_BTD, encoded_BID, self_mask,
-                   cross_mask, bias, deterministic=deterministic, decode=decode)
+    y_BTD = _stack(DecoderLayer, cfg, "decoder", y_BTD, encoded_BID, self_mask,
+                   cross_mask, bias, deterministic=deterministic, decode=decode, train=train)
     if cfg.family == "t5":
       y_BTD = Norm(cfg, name="final_norm")(y_BTD)
     y_BTD = _dropout(cfg, y_BTD, deterministic)
@@ -236,37 +274,39 @@ class EncoderDecoder(nn.Module):
     self.decoder = Decoder(cfg, self.token_embedder)
 
   def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
-             encoder_valid=None, deterministic=True):
+             encoder_valid=None, deterministic=True, train=False):
     """encoder_valid [B, I] bool defaults to tokens > 0 (seqio pads with 0)."""
     if encoder_valid is None:
       encoder_valid = encoder_input_tokens > 0
     return self.encoder(encoder_input_tokens, encoder_valid, encoder_segment_ids,
-                        encoder_positions, deterministic)
+                        encoder_positions, deterministic, train)
 
   def decode(self, encoded, encoder_valid, decoder_input_tokens, decoder_valid=None,
              encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
-             deterministic=True, decode=False):
+             deterministic=True, decode=False, train=False):
     if decoder_valid is None:
       decoder_valid = jnp.ones(decoder_input_tokens.shape, bool)
     return self.decoder(encoded, encoder_valid, decoder_input_tokens, decoder_valid,
                         encoder_segment_ids, decoder_segment_ids, decoder_positions,
-                        deterministic, decode)
+                        deterministic, decode, train)
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
                encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
                decoder_positions=None, encoder_valid=None, decoder_valid=None,
-               deterministic=True):
+               deterministic=True, train=False):
     """Logits [B, T, V] (float32).
 
     Validity masks default to seqio's conventions: encoder tokens > 0; decoder positions whose
     target is > 0 (or all, when no targets are given). Packed batches pass segment ids.
+    train: the training pass of sparse layers (train capacity factor, router jitter); dropout
+    follows `deterministic`.
     """
     if encoder_valid is None:
       encoder_valid = encoder_input_tokens > 0
     if decoder_valid is None and decoder_target_tokens is not None:
       decoder_valid = decoder_target_tokens > 0
     encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
-                          encoder_valid, deterministic)
+                          encoder_valid, deterministic, train)
     return self.decode(encoded, encoder_valid, decoder_input_tokens, decoder_valid,
                        encoder_segment_ids, decoder_segment_ids, decoder_positions,
-                       deterministic)
+                       deterministic, train=train)

@@ -13,6 +13,7 @@ from t5lite.runtime import partitioning
 
 def abstract_params(config: Config, mesh: jax.sharding.Mesh, fsdp: bool = False) -> Any:
   """ShapeDtypeStructs of the parameters with their shardings on `mesh` (nothing allocated)."""
+  check_mesh(config, mesh)
   boxed = boxed_params_shape(config)
   shardings = partitioning.logical_shardings(boxed, mesh, fsdp)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -25,3 +26,13 @@ def boxed_params_shape(config: Config) -> Any:
   dummy = jax.ShapeDtypeStruct((1, 1), jnp.int32)
   # The key is made inside the trace: no concrete array (a TPU-topology mesh allows none).
   return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, x)["params"], dummy)
+
+
+def check_mesh(config: Config, mesh: jax.sharding.Mesh) -> None:
+  """Experts must split evenly over the mesh's 'expert' axis (a dense model may use that axis
+  for data parallelism alone)."""
+  n = partitioning.axis_size(mesh, "expert")
+  if config.num_experts and config.num_experts % n:
+    raise ValueError(f"Config.num_experts={config.num_experts} does not divide over the mesh's "
+                     f"'expert' axis of {n} devices; choose a mesh_shape (data, expert, model) "
+                     "whose expert entry divides the number of experts")

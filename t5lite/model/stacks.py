@@ -2,6 +2,9 @@
 
   unrolled  {..., 'layers_0': {...}, 'layers_1': {...}, ...}    (Config.scan_layers=False)
   scanned   {..., 'layers': {... every leaf stacked [N, ...]}}  (Config.scan_layers=True)
+  blocks    {..., 'layers': {'block_0': {...}, 'block_1': {...}}}: a stack whose layers differ
+            (mixture of experts: dense and sparse) repeats a block of P layers, P the shortest
+            period of their structures; block_j holds layers j, P + j, ... stacked [N / P, ...]
 
 `scanned(tree)` / `unrolled(tree)` convert any pytree whose dicts mirror the parameters: params,
 gradients, optimizer states built by `optim.layerwise` (AdamW mu/nu, Adafactor v_row/v_col/v and
@@ -23,7 +26,16 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 UNROLLED, SCANNED = "unrolled", "scanned"
 STACK = "layers"  # network.SCAN_AXIS: the key of a scanned stack
+BLOCK = "block_"  # block_j: the j-th layer of each repeated block of a scanned stack
 _LAYER = re.compile(r"^layers_(\d+)$")
+_BLOCK = re.compile(r"^block_(\d+)$")
+
+
+def period(items) -> int:
+  """The shortest P dividing len(items) with items[i] == items[i % P] for every i."""
+  n = len(items)
+  return next(p for p in range(1, n + 1)
+              if n % p == 0 and all(items[i] == items[i % p] for i in range(n)))
 
 
 def layout_of(tree: Any) -> Optional[str]:
@@ -79,12 +91,10 @@ def _stack_dict(d: dict) -> dict:
     raise ValueError(f"layer entries are not layers_0..layers_{len(indices) - 1}: "
                      f"{['layers_%d' % i for i in indices]}")
   layers = [_map_dicts(d[f"layers_{i}"], _stack_dict) for i in indices]
-  first = jax.tree.structure(layers[0])
-  for i, layer in enumerate(layers[1:], 1):
-    if jax.tree.structure(layer) != first:
-      raise ValueError(f"layers_{i} has a different structure from layers_0; cannot stack them")
-  out[STACK] = jax.tree_util.tree_map_with_path(
-      lambda path, *xs: _stack_leaves(xs, path), *layers)
+  p = period([jax.tree.structure(layer) for layer in layers])
+  stacked = [jax.tree_util.tree_map_with_path(lambda path, *xs: _stack_leaves(xs, path),
+                                              *layers[j::p]) for j in range(p)]
+  out[STACK] = stacked[0] if p == 1 else {f"{BLOCK}{j}": t for j, t in enumerate(stacked)}
   return out
 
 
@@ -94,13 +104,32 @@ def _unstack_dict(d: dict) -> dict:
     return out
   if any(_is_layer_key(k) for k in d):
     raise ValueError(f"dict has both '{STACK}' and 'layers_N' entries: {sorted(d)}")
-  flat, treedef = jax.tree_util.tree_flatten_with_path(d[STACK])
+  stack = d[STACK]
+  blocks = _blocks(stack)
+  per_block = [_unstack_layers(stack[f"{BLOCK}{j}"]) for j in range(blocks)] if blocks else [
+      _unstack_layers(stack)]
+  p = len(per_block)
+  for i in range(p * len(per_block[0])):
+    out[f"layers_{i}"] = per_block[i % p][i // p]
+  return out
+
+
+def _blocks(stack: Any) -> int:
+  """P when a scanned stack holds blocks (block_0 ... block_{P-1}), else 0."""
+  if not isinstance(stack, dict) or not stack or not all(
+      isinstance(k, str) and _BLOCK.match(k) for k in stack):
+    return 0
+  if sorted(stack) != sorted(f"{BLOCK}{j}" for j in range(len(stack))):
+    raise ValueError(f"block entries are not {BLOCK}0..{BLOCK}{len(stack) - 1}: {sorted(stack)}")
+  return len(stack)
+
+
+def _unstack_layers(stack: Any) -> list:
+  flat, treedef = jax.tree_util.tree_flatten_with_path(stack)
   n = _stack_length([(jax.tree_util.keystr(p), x) for p, x in flat])
   columns = [_unstack_leaf(x, n) for _, x in flat]
-  for i in range(n):
-    out[f"layers_{i}"] = _map_dicts(jax.tree_util.tree_unflatten(treedef, [c[i] for c in columns]),
-                                    _unstack_dict)
-  return out
+  return [_map_dicts(jax.tree_util.tree_unflatten(treedef, [c[i] for c in columns]),
+                     _unstack_dict) for i in range(n)]
 
 
 def _check_stack_lengths(tree: Any) -> None:
@@ -189,29 +218,33 @@ def _unstacked_sharding(s):
 # Used by optim.layerwise: the parts of a parameter-mirroring tree outside and inside stacks.
 
 
-def split_stacks(tree: dict) -> tuple[dict, list[dict]]:
-  """(rest, stacks) of a nested dict: rest without any `layers` entry; one tree per `layers`
-  entry (with the dicts on its path), since stacks differ in length (encoder vs decoder).
-  merge_stacks inverts it."""
+def split_stacks(tree: dict, key: str = STACK) -> tuple[dict, list[dict]]:
+  """(rest, stacks) of a nested dict: rest without any `key` entry (default `layers`); one tree
+  per `key` entry (with the dicts on its path), since stacks differ in length (encoder vs
+  decoder). merge_stacks inverts it. optim.expertwise splits the `experts` entries so."""
   rest, stacks = {}, []
   for k, v in tree.items():
-    if k == STACK:
+    if k == key:
       stacks.append({k: v})
     elif isinstance(v, dict):
-      rest[k], inner = split_stacks(v)
+      rest[k], inner = split_stacks(v, key)
       stacks += [{k: s} for s in inner]
     else:
       rest[k] = v
   return rest, stacks
 
 
-def merge_stacks(rest: dict, stacks: list[dict]) -> dict:
+def merge_stacks(rest: dict, stacks: list[dict], key: str = STACK) -> dict:
   out = dict(rest)
   for stack in stacks:
     for k, v in stack.items():
-      out[k] = merge_stacks(out.get(k, {}), [v]) if k != STACK else v
+      out[k] = merge_stacks(out.get(k, {}), [v], key) if k != key else v
   return out
 
 
-def has_stacks(tree: Any) -> bool:
-  return layout_of(tree) == SCANNED
+def has_stacks(tree: Any, key: str = STACK) -> bool:
+  """Whether the tree has a `key` entry (default: a scanned stack)."""
+  if key == STACK:
+    return layout_of(tree) == SCANNED
+  return any(isinstance(k, jax.tree_util.DictKey) and k.key == key
+             for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0] for k in path)

@@ -1,7 +1,11 @@
 """Device meshes, THE logical-axis rules table, and host-to-global arrays.
 
-One rules table maps the model's logical axis names to the ('data', 'model') mesh. FSDP maps
-`embed` to 'data' as well, so parameters and optimizer state are split over data-parallel devices.
+One rules table maps the model's logical axis names to the mesh: ('data', 'model'), or
+('data', 'expert', 'model') for expert parallelism (a 2-entry mesh_shape is the first, i.e.
+expert = 1; rules naming an axis the mesh lacks leave it out). Batches are split over 'data' and
+'expert' (the expert axis is data-parallel outside the experts); mixture-of-experts layers put
+their experts on 'expert', so tokens travel by all-to-all. FSDP maps `embed` to 'data' as well,
+so parameters and optimizer state are split over data-parallel devices.
 """
 from __future__ import annotations
 
@@ -18,10 +22,16 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from t5lite.runtime import backend
 
 MESH_AXES = ("data", "model")
+EXPERT_MESH_AXES = ("data", "expert", "model")
+BATCH_AXES = ("data", "expert")  # what a batch's leading axis is split over
 
-# Logical name -> mesh axis (None = replicated). Starts from t5x's standard rules.
-RULES: tuple[tuple[str, Optional[str]], ...] = (
-    ("batch", "data"),
+# Logical name -> mesh axis or axes (None = replicated). Starts from t5x's standard rules. Order
+# matters: a dimension takes its rule's axes only if no earlier dimension took them.
+RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH_AXES),
+    ("expert", "expert"),  # mixture of experts (model/moe.py): the experts' axis
+    ("expert_group", "data"),  # token groups once the experts hold the 'expert' axis
+    ("expert_mlp", "model"),
     ("vocab", "model"),
     ("mlp", "model"),
     ("heads", "model"),
@@ -34,21 +44,33 @@ RULES: tuple[tuple[str, Optional[str]], ...] = (
 )
 
 
-def rules(fsdp: bool = False) -> tuple[tuple[str, Optional[str]], ...]:
-  """The rules table; with fsdp, parameters' `embed` axis is split over 'data' too."""
-  if not fsdp:
-    return RULES
-  return tuple((name, "data") if name == "embed" else (name, axis) for name, axis in RULES)
+def rules(fsdp: bool = False, mesh_axes: Sequence[str] = EXPERT_MESH_AXES
+          ) -> tuple[tuple[str, Any], ...]:
+  """The rules table for a mesh with `mesh_axes` (axes it lacks are left out); with fsdp,
+  parameters' `embed` axis is split over 'data' too."""
+  table = RULES if not fsdp else tuple(
+      (name, "data") if name == "embed" else (name, axis) for name, axis in RULES)
+  return tuple((name, _present(axis, mesh_axes)) for name, axis in table)
+
+
+def _present(axis, mesh_axes: Sequence[str]):
+  if axis is None or isinstance(axis, str):
+    return axis if axis in mesh_axes else None
+  kept = tuple(a for a in axis if a in mesh_axes)
+  return kept[0] if len(kept) == 1 else (kept or None)
 
 
 @gin.configurable
 def make_mesh(mesh_shape: Sequence[int] = (-1, 1), devices: Optional[Sequence[Any]] = None
               ) -> jax.sharding.Mesh:
-  """A ('data', 'model') mesh of the requested shape; one -1 entry takes the remaining devices."""
+  """A mesh of the requested shape: (data, model), or (data, expert, model) for expert
+  parallelism; one -1 entry takes the remaining devices."""
   devices = list(devices if devices is not None else jax.devices())
   shape = list(mesh_shape)
-  if len(shape) != 2:
-    raise ValueError(f"mesh_shape={tuple(mesh_shape)}; expected 2 entries (data, model)")
+  if len(shape) not in (2, 3):
+    raise ValueError(f"mesh_shape={tuple(mesh_shape)}; expected 2 entries (data, model) or 3 "
+                     "(data, expert, model)")
+  axes = MESH_AXES if len(shape) == 2 else EXPERT_MESH_AXES
   if shape.count(-1) > 1:
     raise ValueError(f"mesh_shape={tuple(mesh_shape)}; at most one entry may be -1")
   known = int(np.prod([s for s in shape if s != -1]))
@@ -60,12 +82,22 @@ def make_mesh(mesh_shape: Sequence[int] = (-1, 1), devices: Optional[Sequence[An
     raise ValueError(f"mesh_shape={tuple(shape)} needs {int(np.prod(shape))} devices; "
                      f"{len(devices)} are available ({devices[0].platform})")
   # Auto axes: shardings are pjit-style hints that XLA propagates (as in t5x), not types.
-  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  auto = (jax.sharding.AxisType.Auto,) * len(axes)
   # jax.make_mesh orders TPU devices by their physical links; plan's compile-only topology
   # devices take the same path as the real pod's jax.devices() would.
   if devices == list(jax.devices()) or devices[0].platform == "tpu":
-    return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices, axis_types=auto)
-  return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+    return jax.make_mesh(tuple(shape), axes, devices=devices, axis_types=auto)
+  return jax.sharding.Mesh(np.asarray(devices).reshape(shape), axes, axis_types=auto)
+
+
+def axis_size(mesh: jax.sharding.Mesh, name: str) -> int:
+  """A mesh axis' size; 1 for an axis the mesh lacks (a 2-axis mesh has expert = 1)."""
+  return mesh.shape[name] if name in mesh.axis_names else 1
+
+
+def batch_size_divisor(mesh: jax.sharding.Mesh) -> int:
+  """The devices a batch's leading axis is split over ('data' x 'expert')."""
+  return int(np.prod([axis_size(mesh, a) for a in BATCH_AXES]))
 
 
 def logical_shardings(boxed_tree: Any, mesh: jax.sharding.Mesh, fsdp: bool = False) -> Any:
@@ -75,7 +107,7 @@ def logical_shardings(boxed_tree: Any, mesh: jax.sharding.Mesh, fsdp: bool = Fal
   vocabulary over model=2, say) is replicated instead, with a warning naming it.
   """
   specs = nn.get_partition_spec(boxed_tree)
-  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules(fsdp))
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules(fsdp, mesh.axis_names))
   shapes = raw_values(boxed_tree)
   flat, treedef = jax.tree_util.tree_flatten_with_path(
       shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
@@ -110,7 +142,8 @@ def activate(mesh: jax.sharding.Mesh, fsdp: bool = False):
   (without the rules, nn.with_logical_constraint is a no-op), and the platform code is traced for
   (backend.py: CPU-only kernels apply only on a mesh of CPU devices)."""
   platform = mesh.devices.flat[0].platform
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules(fsdp)), backend.target(platform):
+  with (jax.set_mesh(mesh), nn.logical_axis_rules(rules(fsdp, mesh.axis_names)),
+        backend.target(platform)):
     yield mesh
 
 
@@ -119,8 +152,8 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-  """Batches: leading (example) axis over 'data', everything else replicated."""
-  return NamedSharding(mesh, P("data"))
+  """Batches: leading (example) axis over 'data' (and 'expert'), everything else replicated."""
+  return NamedSharding(mesh, P(_present(BATCH_AXES, mesh.axis_names)))
 
 
 def match_shardings(tree: Any, params: Any, param_shardings: Any, mesh) -> Any:

@@ -65,8 +65,9 @@ def _fetch(x: jax.Array) -> np.ndarray:
 
 
 def batch_size_for(requested: int, mesh) -> int:
-  """The requested batch rounded up to a multiple of the mesh's 'data' size."""
-  n = mesh.shape["data"]
+  """The requested batch rounded up to a multiple of the devices a batch is split over ('data',
+  and 'expert' on an expert-parallel mesh)."""
+  n = partitioning.batch_size_divisor(mesh)
   return max(n, -(-requested // n) * n)
 
 

@@ -12,6 +12,7 @@ from t5lite.model import stacks as layout
 
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 OPTIMIZERS = ("adafactor", "adamw", "adamw_scaled")
+EXPERTS = "experts"  # model/moe.py's Experts: kernels stacked [E, ...] over the experts
 SCHEDULES = ("rsqrt", "cosine", "constant")
 
 
@@ -57,7 +58,7 @@ def make_optimizer(name: str = "adafactor", schedule: Schedule = None, weight_de
     tx = optax.chain(*parts, optax.scale_by_learning_rate(schedule))
   else:
     raise ValueError(f"make_optimizer name={name!r}; expected one of {OPTIMIZERS}")
-  tx = layerwise(tx)
+  tx = layerwise(expertwise(tx))
   if grad_clip:  # outside layerwise: the norm is global, over all layers
     tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
   return tx
@@ -74,18 +75,31 @@ def layerwise(tx: optax.GradientTransformation) -> optax.GradientTransformation:
 
   tx's per-step leaves outside parameter-mirroring dicts (counts) are shared by all layers.
   """
+  return _vmapped_over(tx, layout.STACK)
+
+
+def expertwise(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` applied to each expert of a mixture-of-experts layer on its own (vmapped over the
+  leading [E] axis of the parameters under an `experts` key): the expert axis is a batch axis,
+  as in t5x's Adafactor factor rules, so one expert's [D, F] kernel is factored, scaled and
+  clipped as a dense MLP's is. Trees without an `experts` key go straight to tx."""
+  return _vmapped_over(tx, EXPERTS)
+
+
+def _vmapped_over(tx: optax.GradientTransformation, key: str) -> optax.GradientTransformation:
+  """tx on the parameters outside `key` entries, and vmapped over the leading axis of each."""
   def init(params):
-    if not layout.has_stacks(params):
+    if not layout.has_stacks(params, key):
       return tx.init(params)
-    rest, stacks = layout.split_stacks(params)
+    rest, stacks = layout.split_stacks(params, key)
     return _merge_states([tx.init(rest)] + [jax.vmap(tx.init)(s) for s in stacks],
                          jax.eval_shape(tx.init, params))
 
   def update(updates, state, params=None):
-    if not layout.has_stacks(updates):
+    if not layout.has_stacks(updates, key):
       return tx.update(updates, state, params)
-    u_rest, u_stacks = layout.split_stacks(updates)
-    p_rest, p_stacks = (layout.split_stacks(params) if params is not None
+    u_rest, u_stacks = layout.split_stacks(updates, key)
+    p_rest, p_stacks = (layout.split_stacks(params, key) if params is not None
                         else (None, [None] * len(u_stacks)))
     u_rest, s_rest = tx.update(u_rest, _select(state, jax.eval_shape(tx.init, u_rest)), p_rest)
     parts = [s_rest]
@@ -93,7 +107,7 @@ def layerwise(tx: optax.GradientTransformation) -> optax.GradientTransformation:
       s = _select(state, jax.eval_shape(jax.vmap(tx.init), u))
       u_stacks[i], s = jax.vmap(tx.update)(u, s, p)
       parts.append(s)
-    return layout.merge_stacks(u_rest, u_stacks), _merge_states(parts, state)
+    return layout.merge_stacks(u_rest, u_stacks, key), _merge_states(parts, state)
 
   return optax.GradientTransformation(init, update)
 

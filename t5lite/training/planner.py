@@ -238,13 +238,14 @@ class Plan:
       knobs.append("rematerialisation (--gin.Config.remat_policy=\"'full'\", or 'minimal')")
     if not self.fsdp and self.mesh["data"] > 1:
       knobs.append("FSDP (--gin.StepConfig.fsdp=True)")
-    per_data = self.batch_size // self.mesh["data"]
+    per_data = self.batch_size // (self.mesh["data"] * self.mesh.get("expert", 1))
     if per_data % (2 * self.microbatches) == 0:
       knobs.append(f"gradient accumulation (--gin.StepConfig.microbatches={2 * self.microbatches})")
     model = [m for m in (2, 4, 8, 16) if m > self.mesh["model"] and self.devices % m == 0
              and self.config.num_heads % m == 0]
     if model:
-      knobs.append(f"model parallelism (--gin.make_mesh.mesh_shape=\"(-1, {model[0]})\")")
+      expert = f"{self.mesh['expert']}, " if "expert" in self.mesh else ""
+      knobs.append(f"model parallelism (--gin.make_mesh.mesh_shape=\"(-1, {expert}{model[0]})\")")
     knobs.append("a smaller BATCH_SIZE or a larger topology")
     return knobs
 

@@ -12,7 +12,7 @@ import optax
 
 from t5lite.model.config import Config
 from t5lite.model.network import EncoderDecoder
-from t5lite.model.params import boxed_params_shape
+from t5lite.model.params import boxed_params_shape, check_mesh
 from t5lite.runtime import partitioning
 
 
@@ -35,6 +35,7 @@ def state_shardings(config: Config, tx: optax.GradientTransformation, mesh,
                     fsdp: bool = False) -> tuple[TrainState, TrainState]:
   """(abstract TrainState of ShapeDtypeStructs carrying their shardings, the shardings alone),
   from the parameters' logical axis names; nothing is allocated."""
+  check_mesh(config, mesh)
   boxed = boxed_params_shape(config)
   param_shardings = partitioning.logical_shardings(boxed, mesh, fsdp)
   params_shape = partitioning.raw_values(boxed)

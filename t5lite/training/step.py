@@ -33,14 +33,24 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Enco
                tx: optax.GradientTransformation, schedule: Callable, z_loss: float,
                microbatches: int = 1, dropout_seed: Optional[int] = None):
   """One optimizer step. Gradients of the summed loss are accumulated over `microbatches`,
-  then divided by the number of target tokens (so the step equals one big batch)."""
+  then divided by the number of target tokens (so the step equals one big batch). A
+  mixture-of-experts model's router losses are weighted by the whole batch's tokens per
+  microbatch, so they too come out of that division as they would from one big batch."""
+  cfg = model.config
   dropout_rng = None
-  if model.config.dropout_rate > 0 and dropout_seed is not None:
+  if cfg.dropout_rate > 0 and dropout_seed is not None:
     dropout_rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
-  grad_fn = jax.value_and_grad(functools.partial(losses.batch_loss, model=model, z_loss=z_loss),
-                               has_aux=True)
+  loss_fn = functools.partial(losses.batch_loss, model=model, z_loss=z_loss)
+  jitter_rng = None
+  if cfg.num_experts:
+    tokens = jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
+    loss_fn = functools.partial(loss_fn, train=True, aux_scale=tokens / microbatches)
+    if cfg.router_jitter > 0 and dropout_seed is not None:
+      jitter_rng = jax.random.fold_in(jax.random.key(dropout_seed + 1), state.step)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if microbatches == 1:
-    (_, sums), grads = grad_fn(state.params, batch, dropout_rng=dropout_rng)
+    jitter = {} if jitter_rng is None else {"jitter_rng": jitter_rng}
+    (_, sums), grads = grad_fn(state.params, batch, dropout_rng=dropout_rng, **jitter)
   else:
     split = jax.tree.map(
         lambda x: x.reshape((microbatches, x.shape[0] // microbatches) + x.shape[1:]), batch)
@@ -48,10 +58,11 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Enco
     def body(carry, xs):
       i, micro = xs
       rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-      (_, s), g = grad_fn(state.params, micro, dropout_rng=rng)
+      jitter = {} if jitter_rng is None else {"jitter_rng": jax.random.fold_in(jitter_rng, i)}
+      (_, s), g = grad_fn(state.params, micro, dropout_rng=rng, **jitter)
       return jax.tree.map(jnp.add, carry, (g, s)), None
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    zero_sums = {k: jnp.zeros((), jnp.float32) for k in losses.SUMS}
+    zero_sums = {k: jnp.zeros((), jnp.float32) for k in losses.sum_keys(cfg)}
     (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), (jnp.arange(microbatches), split))
   denom = jnp.maximum(sums["weight_sum"], 1.0)
   grads = jax.tree.map(lambda g: g / denom, grads)
@@ -60,6 +71,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Enco
              "accuracy": sums["accuracy"] / denom, "target_tokens": sums["weight_sum"],
              "grad_norm": grad_norm, "learning_rate": schedule(state.step),
              "skipped_steps": new_state.guard["skipped"], "guard": new_state.guard}
+  if cfg.num_experts:
+    metrics.update(losses.router_metrics(cfg, sums, denom, microbatches))
   return new_state, metrics
 
 
@@ -115,10 +128,11 @@ def train_program(config: Config, mesh, data: DataConfig, step: StepConfig,
   """train()'s step for these settings, shared by train() and `t5lite plan` (which compiles it
   for a TPU topology without running it). Call inside partitioning.activate(mesh, step.fsdp); the
   optimizer and schedule come from gin (optim.make_optimizer, optim.learning_rate_schedule)."""
-  n_data = mesh.shape["data"]
+  n_data = partitioning.batch_size_divisor(mesh)
   if data.batch_size % (n_data * step.microbatches):
     raise ValueError(f"BATCH_SIZE {data.batch_size} does not fit the devices: it must divide by "
-                     f"the mesh's 'data' size {n_data} x microbatches {step.microbatches}")
+                     f"the mesh's 'data' size {n_data} x microbatches {step.microbatches}"
+                     + (" ('data' x 'expert')" if "expert" in mesh.axis_names else ""))
   schedule = optim.learning_rate_schedule()
   tx = optim.make_optimizer(schedule=schedule)
   model = EncoderDecoder(config)
