@@ -68,8 +68,7 @@ def path(data_cache_dir: str, name: str, split: str) -> str:
 def _vocabulary_files(vocabulary: Any) -> tuple[dict, dict[str, bytes]]:
   """(how to rebuild it, its files' bytes) for a SentencePiece or GPT-2 BPE vocabulary."""
   if hasattr(vocabulary, "sp_model"):
-    model = (getattr(vocabulary, "sentencepiece_model_file", None)  # seqio's
-             or getattr(vocabulary, "path"))  # SentencePieceVocab
+    model = vocabulary.sentencepiece_model_file  # seqio's or SentencePieceVocab
     return ({"type": "sentencepiece", "extra_ids": int(vocabulary.extra_ids)},
             {"spiece.model": files.read_bytes(model)})
   bpe_dir = vocabulary.bpe_dir

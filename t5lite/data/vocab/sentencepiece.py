@@ -65,6 +65,11 @@ class SentencePieceVocab:
     return self._loaded
 
   @property
+  def sentencepiece_model_file(self) -> str:
+    """The model's path under seqio.SentencePieceVocabulary's name: callers take either class."""
+    return self.path
+
+  @property
   def tokenizer(self):
     """The sentencepiece processor (extra ids included)."""
     return self._load()[0]
