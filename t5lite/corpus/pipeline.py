@@ -121,16 +121,9 @@ def claim_output(build: Build) -> bool:
   this same build (True: resume); ValueError for a folder holding anything else."""
   path = files.join(build.output, MANIFEST)
   manifest = json.loads(json.dumps(build.manifest()))  # tuples as JSON gives them back
-  if files.exists(path):
-    try:
-      old = json.loads(files.read_text(path))
-    except ValueError:
-      old = {}
-    if old != manifest:
-      differ = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-      if old.get("recipe") and manifest["recipe"] != old["recipe"]:
-        differ += [f"recipe.{k}" for k in sorted(manifest["recipe"])
-                   if old["recipe"].get(k) != manifest["recipe"][k]]
+  differ = steps.manifest_difference(path, manifest)
+  if differ is not None:
+    if differ:
       raise ValueError(f"output folder {build.output} holds another build (its {MANIFEST} differs "
                        f"in: {', '.join(differ)}): choose a new --output, or delete that folder")
     return True

@@ -148,15 +148,11 @@ def claim_output(p: Prune, model: dict) -> bool:
   _check_output(p)
   path = files.join(p.output, MANIFEST)
   manifest = json.loads(json.dumps(p.manifest(model)))  # tuples as JSON gives them back
-  if not files.exists(path):
+  differ = steps.manifest_difference(path, manifest)
+  if differ is None:
     files.write_text(path, json.dumps(manifest, indent=1) + "\n")
     return False
-  try:
-    old = json.loads(files.read_text(path))
-  except ValueError:
-    old = {}
-  if old != manifest:
-    differ = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+  if differ:
     raise ValueError(f"output folder {p.output} holds another prune (its {MANIFEST} differs in: "
                      f"{', '.join(differ)}): choose a new --output, or delete that folder")
   return True

@@ -29,6 +29,24 @@ from t5lite.corpus import dedup
 from t5lite.corpus import wet
 
 
+def manifest_difference(path: str, manifest: dict) -> Optional[list[str]]:
+  """None when no manifest is at `path`; else the keys in which the recorded one differs from
+  `manifest` (a dict value's keys too, as 'recipe.min_words_per_line'): [] when it is the same."""
+  if not files.exists(path):
+    return None
+  try:
+    old = json.loads(files.read_text(path))
+  except ValueError:
+    old = {}
+  manifest = json.loads(json.dumps(manifest))  # tuples as JSON gives them back
+  differ = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+  for k in list(differ):
+    if isinstance(old.get(k), dict) and isinstance(manifest.get(k), dict):
+      differ += [f"{k}.{s}" for s in sorted(set(old[k]) | set(manifest[k]))
+                 if old[k].get(s) != manifest[k].get(s)]
+  return differ
+
+
 def train_shard_name(task: int, tasks: int) -> str:
   return f"c4-train.{task:05d}-of-{tasks:05d}.json.gz"
 
