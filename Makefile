@@ -55,7 +55,7 @@ test: setup-test
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 test-all: setup-test
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=20
 
 bench: setup-test
 	$(VENV)/bin/python benchmarks/bench_pipeline.py --batches 12 --repeats 4

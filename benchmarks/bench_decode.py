@@ -14,6 +14,8 @@ import os
 import platform
 import time
 
+from t5lite.runtime import backend  # noqa: E402  (imports no jax)
+backend.prepare_process()  # as `t5lite` does: no TPU probe on CPU, CPU malloc tuning
 import jax
 import jax.numpy as jnp
 import numpy as np

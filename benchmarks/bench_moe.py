@@ -23,6 +23,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from t5lite.runtime import backend  # noqa: E402  (imports no jax)
+backend.prepare_process()  # as `t5lite` does: no TPU probe on CPU, CPU malloc tuning
 import gin  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

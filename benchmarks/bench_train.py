@@ -27,8 +27,8 @@ Timing: one dtype at a time (t5lite fp32 with torch fp32, then t5lite bf16 with 
 Each framework runs in a spawned process of its own (--same-process: both in this one), as it
 would run alone: in one process the two frameworks share glibc's heap and each one's allocations
 between the other's steps cost page faults (t5lite's first 3-5 steps after torch's were 10-50%
-slower). Both processes import t5lite, so both get t5lite.backend's malloc settings (torch gains
-from them too). Each framework first runs --warmup steps (t5lite's step is compiled ahead of
+slower). Both processes prepare themselves as the `t5lite` command does (backend.prepare_process:
+t5lite's CPU malloc settings, which torch gains from too). Each framework first runs --warmup steps (t5lite's step is compiled ahead of
 time), then --steps rounds of one step per framework in turn (interleaved, so both see the same
 load on a shared machine; --pause idle seconds before each), each step synchronous
 (block_until_ready / after optimizer.step()) and timed in its own process. s/step is the
@@ -49,6 +49,8 @@ import resource
 import statistics
 import time
 
+from t5lite.runtime import backend  # noqa: E402  (imports no jax)
+backend.prepare_process()  # as `t5lite` does: no TPU probe on CPU, CPU malloc tuning
 import jax
 import numpy as np
 

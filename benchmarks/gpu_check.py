@@ -176,6 +176,8 @@ def model_config(gin_file: str, **changes):
   from t5lite import gin_files  # pylint: disable=g-import-not-at-top
   from t5lite.model.config import Config  # pylint: disable=g-import-not-at-top
   gin.clear_config()
+  for path in gin_files.config_dirs():  # where a file's `include 'models/...'` is found
+    gin.add_config_file_search_path(path)
   gin.parse_config_files_and_bindings([gin_files.resolve(gin_file)], [])
   config = Config()
   gin.clear_config()
