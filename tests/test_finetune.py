@@ -102,6 +102,7 @@ def test_finetuning_raises_exact_match(finetuned):
              for f in os.listdir(model_dir / "tb" / "eval_copy_words"))
 
 
+@pytest.mark.slow  # the module fixture fine-tunes for ~1 min: test-all
 def test_training_evaluates_decoded_metrics_periodically(finetuned):
   """train() itself decodes validation examples every eval_period and logs exact match."""
   model_dir, _ = finetuned

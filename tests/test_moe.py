@@ -214,6 +214,7 @@ def test_flops_count_one_expert_and_the_router():
   assert flops_per_example(sparse, 64, 16) == flops_per_example(dense, 64, 16) + router
 
 
+@pytest.mark.slow
 def test_scanned_switch_decoder_beam_searches_and_samples_like_unrolled():
   """A scanned stack of dense+sparse blocks keeps a stacked KV cache per block layer; beams,
   scores and samples equal the unrolled model's (eval capacity: no token dropped while decoding)."""
