@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from t5lite.data.cache import format as cache_lib
 from t5lite.data.cache import build as cache_build
+from t5lite.data.cache import manifest
 from t5lite.data.feed import indexed
 from t5lite.data.tasks import registry as tasks
 from t5lite.data.sources.sources import Sources
@@ -226,8 +227,14 @@ def test_packing_matches_seqio_and_counts_what_does_not_fit(cache_root):
   assert counters["packing_efficiency_targets"] == pytest.approx(6 * 20 / 128)
 
 
+def cache_folder(root: str) -> str:
+  """The one cache under DATA_CACHE_DIR `root` (beside it: the manifests folder)."""
+  (name,) = [n for n in os.listdir(root) if n != manifest.MANIFESTS]
+  return name
+
+
 def test_bad_cache_files_become_padding_rows_counted_by_file(cache_root, tmp_path):
-  name = os.listdir(cache_root)[0]
+  name = cache_folder(cache_root)
   root = str(tmp_path)
   shutil.copytree(os.path.join(cache_root, name), os.path.join(root, name))
   intact = stream(cache_root, batch_size=32, seed=1).batch(0)
@@ -257,7 +264,7 @@ def test_missing_cache_names_the_build_command(cache_root, tmp_path):
 
 def test_a_bad_record_leaves_out_only_its_rows_on_any_process_count(cache_root, tmp_path):
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  name = os.listdir(cache_root)[0]
+  name = cache_folder(cache_root)
   shutil.copytree(os.path.join(cache_root, name), os.path.join(tmp_path, name))
   meta = cache_lib.CacheMetadata.from_json(json.load(open(tmp_path / name / "metadata.json")))
   path = str(tmp_path / name / meta.files[0].cache)
