@@ -53,9 +53,7 @@ def run(gin_file: str, experts: int, steps: int, seed: int, args, model_dir: str
     flags += [f"--gin.Config.num_experts={experts}"]
     if args.group_size:
       flags += [f"--gin.Config.expert_group_size={args.group_size}"]
-  parser = argparse.ArgumentParser()
-  common.add_gin_flags(parser)
-  common.parse_gin(common.parse_args(parser, flags))
+  common.parse_gin_flags(flags)
   config = train.bound_settings()["config"]
   t0 = time.perf_counter()
   train.train(mesh=partitioning.make_mesh((1, 1), devices=jax.devices()[:1]))

@@ -56,9 +56,7 @@ def parse_gin(args: list[str]) -> None:
   import gin
   from t5lite.cli import common
   gin.clear_config()
-  parser = argparse.ArgumentParser()
-  common.add_gin_flags(parser)
-  common.parse_gin(common.parse_args(parser, args))
+  common.parse_gin_flags(args)
 
 
 def train(args: list[str]):

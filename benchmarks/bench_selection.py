@@ -192,7 +192,6 @@ def train_and_eval(name: str, files: str, validation: list[str], vocab: str, ste
                    eval_steps: int, model_dir: str) -> float:
   """Pretrains a tiny T5 1.1 on `files`; returns its eval loss on `validation`."""
   import gin
-  import argparse
   from t5lite.runtime import partitioning
   from t5lite.training import train
   from t5lite.cli import common
@@ -214,9 +213,7 @@ def train_and_eval(name: str, files: str, validation: list[str], vocab: str, ste
       "--gin.EvalConfig.predict_examples=0",
       "--gin.Checkpointer.save_period=100000", "--gin.Checkpointer.async_save=False",
   ]
-  parser = argparse.ArgumentParser()
-  common.add_gin_flags(parser)
-  common.parse_gin(common.parse_args(parser, args))
+  common.parse_gin_flags(args)
   t0 = time.perf_counter()
   train.train(mesh=partitioning.make_mesh((1, 1)))
   with open(os.path.join(model_dir, "metrics.jsonl")) as f:

@@ -168,13 +168,11 @@ def test_source_macros_reach_every_task_family(run_config, c4_sample, t5_vocab_p
   tasks, with or without a run config."""
   from t5lite.cli import common  # pylint: disable=g-import-not-at-top
   gin.clear_config()
-  parser = common.argparse.ArgumentParser()
-  common.add_gin_flags(parser)
   argv = [f"--gin_file={f}" for f in run_config] + [
       f"--gin.VOCABULARY_PATH='{t5_vocab_path}'", f"--gin.C4_JSON_FILES='{c4_sample}'",
       f"--gin.GPT2_BPE_DIR='{tmp_path}'"]
   try:
-    common.parse_gin(common.parse_args(parser, argv))
+    common.parse_gin_flags(argv)
     tasks.register_all()
     for name in ("c4_json_span_corruption", "c4_json_prefix_lm", "c4_json_ul2_s_rate25",
                  "c4_span_corruption"):

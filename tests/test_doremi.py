@@ -2,7 +2,6 @@
 losses of packed rows against example-by-example ones, and `t5lite doremi` end to end on the CPU
 mesh (4, 2) over three domains — the embedded corpus's language reference, its library docs, and
 random tokens — whose weights, gin file, resume and reuse are checked."""
-import argparse
 import collections
 import contextlib
 import gzip
@@ -177,9 +176,7 @@ def domains(tmp_path_factory):
 
 def parse(args):
   gin.clear_config()
-  parser = argparse.ArgumentParser()
-  common.add_gin_flags(parser)
-  common.parse_gin(common.parse_args(parser, args))
+  common.parse_gin_flags(args)
 
 
 def doremi_args(domains, model_dir, *extra):

@@ -2,7 +2,6 @@
 cross-entropy, resumes exactly onto a mesh with another expert-axis size, fine-tunes from its
 checkpoint, `t5lite eval` evaluates it, and `t5lite plan` compiles its step for a TPU topology with
 expert parallelism (all-to-alls in the HLO)."""
-import argparse
 import json
 import os
 import pathlib
@@ -36,9 +35,7 @@ ROUTER = ("router_aux_loss", "router_z_loss", "router_dropped_fraction", "router
 def run_train(model_dir, steps, mesh_shape, *extra):
   gin.clear_config()
   args = FAST + [f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", *extra]
-  parser = argparse.ArgumentParser()
-  common.add_gin_flags(parser)
-  common.parse_gin(common.parse_args(parser, args))
+  common.parse_gin_flags(args)
   return train.train(mesh=partitioning.make_mesh(mesh_shape))
 
 

@@ -1,6 +1,5 @@
 """Scanned layer stacks, remat policies, layout conversion and layout-switching checkpoints."""
 import contextlib
-import argparse
 import functools
 import io
 import json
@@ -285,9 +284,7 @@ FULL_REMAT = "--gin.Config.remat_policy='full'"
 def run_train(model_dir, steps, *extra):
   gin.clear_config()
   args = FAST + [f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", *extra]
-  parser = argparse.ArgumentParser()
-  common.add_gin_flags(parser)
-  common.parse_gin(common.parse_args(parser, args))
+  common.parse_gin_flags(args)
   return train.train(mesh=partitioning.make_mesh((4, 2)))
 
 

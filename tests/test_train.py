@@ -1,5 +1,4 @@
 """End-to-end train() on the embedded demo task: loss falls, resume is exact, gin and CLI errors."""
-import argparse
 import json
 import os
 
@@ -28,9 +27,7 @@ FAST = [
 def run_train(model_dir, steps, *extra, mesh_shape=(4, 2)):
   gin.clear_config()
   args = FAST + [f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", *extra]
-  parser = argparse.ArgumentParser()
-  common.add_gin_flags(parser)
-  common.parse_gin(common.parse_args(parser, args))
+  common.parse_gin_flags(args)
   return train.train(mesh=partitioning.make_mesh(mesh_shape))
 
 
@@ -81,11 +78,8 @@ def test_resume_equals_straight_run(straight, tmp_path):
 
 def test_gin_override_changes_the_model(tmp_path):
   gin.clear_config()
-  parser = argparse.ArgumentParser()
-  common.add_gin_flags(parser)
-  common.parse_gin(common.parse_args(
-      parser, ["--gin_file=models/t5_1_1/small.gin", "--gin.Config.num_heads=3",
-               "--gin.Config.emb_dim", "96"]))
+  common.parse_gin_flags(["--gin_file=models/t5_1_1/small.gin", "--gin.Config.num_heads=3",
+                          "--gin.Config.emb_dim", "96"])
   from t5lite.model.config import Config
   cfg = Config()
   assert (cfg.num_heads, cfg.emb_dim, cfg.mlp_dim) == (3, 96, 1024)

@@ -80,6 +80,16 @@ def parse_gin(args: argparse.Namespace) -> None:
     gin.bind_parameter("emulate_cpu_devices.num_devices", args.num_cpu_devices)
 
 
+def parse_gin_flags(argv: Sequence[str]) -> argparse.Namespace:
+  """The gin flags of a command line (--gin_file, --gin.NAME=VALUE, ...) parsed as `t5lite train`
+  parses them, on top of the current gin config: for tests, benchmarks and notebooks."""
+  parser = argparse.ArgumentParser()
+  add_gin_flags(parser)
+  args = parse_args(parser, argv)
+  parse_gin(args)
+  return args
+
+
 def start_devices() -> None:
   """Emulated CPU devices (when asked for), then jax.distributed (when this is one process of
   several): both before anything touches a device."""
