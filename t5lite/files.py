@@ -28,7 +28,9 @@ import shutil
 import threading
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
-REMOTE_EXTRA = "the `data` extra: pip install 't5lite[data]'"
+from t5lite.extras import DATA_EXTRA
+
+REMOTE_EXTRA = f"the `data` extra: {DATA_EXTRA}"
 
 
 def is_remote(path: str | os.PathLike) -> bool:

@@ -136,6 +136,15 @@ def _metrics(model_dir, split):
   return [r for r in rows if r.get("split") == split]
 
 
+def test_remote_path_without_tensorflow_names_the_extra(tmp_path):
+  """gs:// goes through tf.io.gfile: without TensorFlow, one ImportError naming the `data` extra."""
+  code = ("from t5lite import files\n"
+          "try:\n  files.exists('gs://bucket/x')\nexcept ImportError as e:\n  print(e)\n")
+  result = _without_tf(["-c", code], tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "remote paths (gs://...)" in result.stdout and "t5lite[data]" in result.stdout
+
+
 def test_train_eval_and_predict_from_a_cache_without_tensorflow(cache, tmp_path):
   """`t5lite train` from the cache alone: steps, a checkpoint, eval loss, decoded predictions."""
   result = _train(cache, tmp_path)
