@@ -290,6 +290,16 @@ def iter_jsonl(path, required: Sequence[str] = (),
       on_bad(e, n)
 
 
+def jsonl_text(rows: Iterable[dict]) -> str:
+  """JSON lines: one object per line, non-ASCII text kept as it is."""
+  return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def write_jsonl(path, rows: Iterable[dict]) -> None:
+  """`rows` as a JSON-lines file, written atomically."""
+  write_text(path, jsonl_text(rows))
+
+
 def read_jsonl(path, required: Sequence[str] = ()) -> list[dict]:
   """Every object of a JSON-lines file; FileNotFoundError or BadLine (file:line) otherwise."""
   if not exists(path):

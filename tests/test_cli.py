@@ -11,6 +11,8 @@ import pytest
 
 import cli_util
 
+from t5lite import files
+
 pytestmark = pytest.mark.slow  # every test here starts processes or trains
 
 TINY = [
@@ -26,7 +28,7 @@ EXAMPLES = [{"inputs": "def f(x): return x", "targets": "a function"},
 
 def write_jsonl(path, rows):
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  files.write_jsonl(path, rows)
   return path
 
 

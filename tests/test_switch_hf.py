@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from t5lite import main  # pylint: disable=g-import-not-at-top
+from t5lite import files, main  # pylint: disable=g-import-not-at-top
 from t5lite.convert import hf  # pylint: disable=g-import-not-at-top
 from t5lite.data.vocab import seqio_vocab as vocab_lib  # pylint: disable=g-import-not-at-top
 from t5lite.model.config import Config  # pylint: disable=g-import-not-at-top
@@ -125,7 +125,7 @@ def imported(hf_dir, tmp_path_factory):
 
 
 def write_jsonl(path, rows):
-  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  files.write_jsonl(path, rows)
   return str(path)
 
 

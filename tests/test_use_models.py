@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from t5lite.store import checkpoints
-from t5lite import main
+from t5lite import files, main
 from t5lite.serving import run as runs
 from t5lite.store.run_dir import RunDir
 from t5lite.cli import common  # pylint: disable=g-import-not-at-top
@@ -73,8 +73,17 @@ def vocab(t5_vocab_path):
 
 
 def write_jsonl(path, rows):
-  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  files.write_jsonl(path, rows)
   return str(path)
+
+
+def test_jsonl_round_trip_keeps_text_and_leaves_no_temporary(tmp_path):
+  rows = [{"inputs": "café", "targets": "日本"}, {"score": -1.5}]
+  path = tmp_path / "rows.jsonl"
+  files.write_jsonl(path, rows)
+  assert files.read_jsonl(path) == rows
+  assert path.read_text(encoding="utf-8").splitlines()[0] == '{"inputs": "café", "targets": "日本"}'
+  assert os.listdir(tmp_path) == ["rows.jsonl"]  # written through a temporary, renamed
 
 
 def read_jsonl(path):

@@ -9,7 +9,6 @@ vocab.json + merges.txt), the vocabulary of the task it trained on.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Iterable, Optional, Sequence
 
@@ -23,7 +22,7 @@ def write_jsonl(rows: Iterable[dict], path: Optional[str]) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     return
-  text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+  text = files.jsonl_text(rows)
   if path is None:
     sys.stdout.write(text)
     sys.stdout.flush()

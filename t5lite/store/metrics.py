@@ -35,7 +35,7 @@ class MetricsWriter:
     records = read_metrics(self.run_dir.metrics)
     keep = [r for r in records if r.get("step", 0) <= step]
     if len(keep) < len(records):
-      files.write_text(self.run_dir.metrics, "".join(json.dumps(r) + "\n" for r in keep))
+      files.write_jsonl(self.run_dir.metrics, keep)
 
   def progress(self, start: int, total: int):
     self._bar = tqdm.tqdm(total=total, initial=start, desc="train", unit="step",
